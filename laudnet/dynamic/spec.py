@@ -1,0 +1,139 @@
+"""Per-stage dynamic configuration: mode, spatial granularity S and channel granularity G.
+
+One vocabulary everywhere in laudnet:
+
+* ``mode`` is one of :data:`MODES`;
+* ``S`` (spatial granularity) is the side, in output pixels, of the square patch one
+  spatial-mask cell switches on or off;
+* ``G`` (channel granularity) is the number of consecutive bottleneck channels one
+  channel-mask entry switches on or off.
+
+User input may give one value for every stage or one per stage, as a sequence or as a
+dash-separated string (``"spatial-spatial-channel-static"``, ``"4-4-2-1"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+MODES: tuple[str, ...] = ("static", "spatial", "channel", "layer", "both")
+NUM_STAGES = 4
+
+PerStage = Union[str, int, Sequence[Union[str, int]]]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Dynamic configuration of the residual blocks of one stage."""
+
+    mode: str = "static"
+    spatial_granularity: int = 1
+    channel_granularity: int = 1
+
+    @property
+    def has_spatial(self) -> bool:
+        """Whether blocks carry a spatial masker (``layer`` is spatial with one cell)."""
+        return self.mode in ("spatial", "layer", "both")
+
+    @property
+    def has_channel(self) -> bool:
+        """Whether blocks carry a channel masker."""
+        return self.mode in ("channel", "both")
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.mode != "static"
+
+
+@dataclass(frozen=True)
+class DynamicSpec:
+    """The dynamic configuration of a whole backbone, one :class:`StageSpec` per stage."""
+
+    stages: tuple[StageSpec, ...]
+
+    @classmethod
+    def build(
+        cls,
+        mode: PerStage = "static",
+        spatial_granularity: PerStage = 1,
+        channel_granularity: PerStage = 1,
+        num_stages: int = NUM_STAGES,
+    ) -> "DynamicSpec":
+        """Parse user-facing values (one for all stages or one per stage) into a spec."""
+        modes = parse_per_stage(mode, num_stages, "mode", _parse_mode)
+        sizes = parse_per_stage(spatial_granularity, num_stages, "spatial_granularity", _parse_positive)
+        groups = parse_per_stage(channel_granularity, num_stages, "channel_granularity", _parse_positive)
+        return cls(tuple(StageSpec(m, s, g) for m, s, g in zip(modes, sizes, groups)))
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(s.mode for s in self.stages)
+
+    @property
+    def is_static(self) -> bool:
+        return not any(s.is_dynamic for s in self.stages)
+
+    def describe(self) -> str:
+        """A compact, human-readable form such as ``spatial(S=4-4-2-1)``."""
+        modes = "-".join(self.modes)
+        parts = [modes]
+        if any(s.mode in ("spatial", "both") for s in self.stages):
+            parts.append("S=" + "-".join(str(s.spatial_granularity) for s in self.stages))
+        if any(s.has_channel for s in self.stages):
+            parts.append("G=" + "-".join(str(s.channel_granularity) for s in self.stages))
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, list]:
+        """Plain-data form, the inverse of ``DynamicSpec.build(**d)``."""
+        return {
+            "mode": [s.mode for s in self.stages],
+            "spatial_granularity": [s.spatial_granularity for s in self.stages],
+            "channel_granularity": [s.channel_granularity for s in self.stages],
+        }
+
+
+def parse_per_stage(value: PerStage, num_stages: int, name: str, convert) -> tuple:
+    """Expand ``value`` (one item, a sequence, or a dash-separated string) to ``num_stages`` items.
+
+    Raises ``ValueError`` naming ``name`` and what is accepted when the count is wrong or an
+    item does not convert.
+    """
+    if isinstance(value, str):
+        items: list = value.split("-") if "-" in value else [value]
+    elif isinstance(value, (int,)) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, Sequence):
+        items = list(value)
+    else:
+        raise ValueError(
+            f"{name}: expected one value or {num_stages} values (a list or a dash-separated "
+            f"string), got {value!r}"
+        )
+    if len(items) == 1:
+        items = items * num_stages
+    if len(items) != num_stages:
+        raise ValueError(
+            f"{name}: expected one value or {num_stages} values (one per stage), got "
+            f"{len(items)} in {value!r}"
+        )
+    return tuple(convert(item, name) for item in items)
+
+
+def _parse_mode(item, name: str) -> str:
+    mode = str(item).strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"{name}: unknown mode {item!r}; accepted modes are {', '.join(MODES)}")
+    return mode
+
+
+def _parse_positive(item, name: str) -> int:
+    if isinstance(item, bool):
+        raise ValueError(f"{name}: expected a positive integer, got {item!r}")
+    try:
+        number = int(str(item).strip())
+    except ValueError:
+        raise ValueError(f"{name}: expected a positive integer, got {item!r}") from None
+    if number < 1 or (isinstance(item, float) and item != number):
+        raise ValueError(f"{name}: expected a positive integer, got {item!r}")
+    return number
