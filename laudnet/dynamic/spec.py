@@ -101,7 +101,7 @@ def parse_per_stage(value: PerStage, num_stages: int, name: str, convert) -> tup
     """
     if isinstance(value, str):
         items: list = value.split("-") if "-" in value else [value]
-    elif isinstance(value, (int,)) and not isinstance(value, bool):
+    elif isinstance(value, (int, float)):
         items = [value]
     elif isinstance(value, Sequence):
         items = list(value)
@@ -128,12 +128,7 @@ def _parse_mode(item, name: str) -> str:
 
 
 def _parse_positive(item, name: str) -> int:
-    if isinstance(item, bool):
+    text = str(item).strip()
+    if isinstance(item, bool) or not text.isdigit() or int(text) < 1:
         raise ValueError(f"{name}: expected a positive integer, got {item!r}")
-    try:
-        number = int(str(item).strip())
-    except ValueError:
-        raise ValueError(f"{name}: expected a positive integer, got {item!r}") from None
-    if number < 1 or (isinstance(item, float) and item != number):
-        raise ValueError(f"{name}: expected a positive integer, got {item!r}")
-    return number
+    return int(text)

@@ -1,0 +1,99 @@
+"""Maskers: the small networks that decide, per input, what a residual block computes.
+
+Both maskers read the block's input and start with every gate on (their decisive layer has
+zero weights and a bias favouring *compute*), so a model converted from pretrained static
+weights begins as the static model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gates import gate
+from .geometry import grid_size
+
+# Initial (compute, skip) logit biases: every gate starts on, as in the official recipe.
+SPATIAL_BIASES = (5.0, 0.0)
+CHANNEL_BIASES = (2.0, -2.0)
+
+
+class _Masker(nn.Module):
+    """Shared state of maskers: the Gumbel temperature and an optional forced decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = 1.0
+        self.force: bool | None = None
+
+    def _gate(self, logits: torch.Tensor) -> torch.Tensor:
+        return gate(logits, self.temperature, self.training, self.force)
+
+
+def _init_decision_layer(layer: nn.Module, decisions: int, biases: tuple[float, float]) -> None:
+    """Zero the weights and set the *compute* / *skip* logit biases."""
+    nn.init.zeros_(layer.weight)
+    with torch.no_grad():
+        layer.bias[:decisions] = biases[0]
+        layer.bias[decisions:] = biases[1]
+
+
+class SpatialMasker(_Masker):
+    """Decides per cell of ``S×S`` output pixels (or per image, for layer skipping).
+
+    The block input is average-pooled to the ``ceil(Ho/S) × ceil(Wo/S)`` grid of the block's
+    output and a 1×1 conv gives two logits per cell.
+    """
+
+    def __init__(self, in_channels: int, granularity: int, whole_block: bool = False) -> None:
+        super().__init__()
+        self.granularity = granularity
+        self.whole_block = whole_block
+        self.conv = nn.Conv2d(in_channels, 2, kernel_size=1, bias=True)
+        _init_decision_layer(self.conv, 1, SPATIAL_BIASES)
+
+    def grid(self, out_hw: tuple[int, int]) -> tuple[int, int]:
+        """Cell grid for a block output of size ``out_hw``."""
+        return (1, 1) if self.whole_block else grid_size(out_hw, self.granularity)
+
+    def macs(self, out_hw: tuple[int, int]) -> int:
+        """Multiply-accumulates of the 1×1 conv on the cell grid, per image."""
+        gh, gw = self.grid(out_hw)
+        return self.conv.in_channels * 2 * gh * gw
+
+    def forward(self, x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """Return the ``(B, 1, gh, gw)`` 0/1 cell mask for input ``x``."""
+        pooled = F.adaptive_avg_pool2d(x, self.grid(out_hw))
+        return self._gate(self.conv(pooled).unsqueeze(2))
+
+
+class ChannelMasker(_Masker):
+    """Decides per group of ``G`` consecutive bottleneck channels.
+
+    Global average pooling of the block input, then an MLP (hidden width
+    ``max(groups // reduction, 16)``) or a single linear layer gives two logits per group,
+    laid out as ``[on_0 … on_{g-1}, off_0 … off_{g-1}]``.
+    """
+
+    def __init__(self, in_channels: int, num_groups: int, layers: int = 2, reduction: int = 16) -> None:
+        super().__init__()
+        if layers not in (1, 2):
+            raise ValueError(f"channel masker layers must be 1 or 2, got {layers}")
+        self.num_groups = num_groups
+        if layers == 2:
+            hidden = max(num_groups // reduction, 16)
+            self.layers = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * num_groups))
+        else:
+            self.layers = nn.Sequential(nn.Linear(in_channels, 2 * num_groups))
+        _init_decision_layer(self.layers[-1], num_groups, CHANNEL_BIASES)
+
+    def macs(self) -> int:
+        """Multiply-accumulates of the linear layers, per image."""
+        return sum(m.in_features * m.out_features for m in self.layers if isinstance(m, nn.Linear))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the ``(B, num_groups)`` 0/1 group mask for input ``x``."""
+        pooled = x.mean(dim=(2, 3))
+        logits = self.layers(pooled).view(x.shape[0], 2, self.num_groups)
+        return self._gate(logits)

@@ -1,0 +1,238 @@
+"""The dynamic residual bottleneck shared by LAUD-ResNet and LAUD-RegNetY.
+
+Both families compute ``act(shortcut(x) + mask · c(se(b(a(x)))))`` with a 1×1 conv ``a``,
+a 3×3 (possibly grouped, possibly strided) conv ``b``, an optional squeeze-excitation and
+a 1×1 conv ``c``. Subclasses only create the layers under torchvision's names (so their
+state_dict keys are torchvision's) and say where they are; the forward pass, the masks and
+the statistics are written once, here.
+
+What a stage's :class:`~laudnet.dynamic.spec.StageSpec` switches on:
+
+* spatial / layer: ``c``'s output is multiplied by the pixel mask before the residual add,
+  so skipped positions (or a skipped block) contribute exactly nothing; the SE pools over
+  the computed positions only.
+* channel: ``a``'s and ``b``'s activations are multiplied by the channel mask after BN and
+  activation, so skipped channels are exactly zero (``channel_mask_placement="before_bn"``
+  reproduces the official LAUDNet ResNet code, which masks before BN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..dynamic.geometry import expand_cells, input_mask
+from ..dynamic.maskers import ChannelMasker, SpatialMasker
+from ..dynamic.spec import StageSpec
+from ..dynamic.stats import BlockStats
+from ..macs import block_dynamic_macs
+from .structure import BlockShape, conv_output_hw
+
+CHANNEL_MASK_PLACEMENTS: tuple[str, ...] = ("after_act", "before_bn")
+
+
+@dataclass
+class BlockMasks:
+    """The decisions of one block for a batch (``None`` where the block has no such masker).
+
+    ``conv1`` and ``conv3`` are 0/1 pixel masks of shape ``(B, 1, H, W)`` (or ``(B, 1, 1, 1)``
+    for a whole-block gate); conv2 computes where conv3 does. ``channel`` is ``(B, width)``.
+    """
+
+    cells: torch.Tensor | None
+    conv1: torch.Tensor | None
+    conv3: torch.Tensor | None
+    channel_groups: torch.Tensor | None
+    channel: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A conv, its norm and its (optional) activation."""
+
+    conv: nn.Conv2d
+    norm: nn.Module
+    act: nn.Module | None
+
+
+class DynamicBottleneck(nn.Module):
+    """Base class: subclasses create layers, then call :meth:`_add_maskers`."""
+
+    def __init__(
+        self,
+        name: str,
+        stage: int,
+        spec: StageSpec,
+        channel_mask_placement: str = "after_act",
+        masker_layers: int = 2,
+        masker_reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        if channel_mask_placement not in CHANNEL_MASK_PLACEMENTS:
+            raise ValueError(
+                f"channel_mask_placement must be one of {', '.join(CHANNEL_MASK_PLACEMENTS)}, "
+                f"got {channel_mask_placement!r}"
+            )
+        self.block_name = name
+        self.stage = stage
+        self.spec = spec
+        self.channel_mask_placement = channel_mask_placement
+        self._masker_options = (masker_layers, masker_reduction)
+        self.masker_spatial: SpatialMasker | None = None
+        self.masker_channel: ChannelMasker | None = None
+        self.last_stats: BlockStats | None = None
+
+    # -- what subclasses provide ------------------------------------------------------------
+    def units(self) -> tuple[Unit, Unit, Unit]:
+        raise NotImplementedError
+
+    @property
+    def se(self) -> nn.Module | None:
+        return None
+
+    @property
+    def projection(self) -> nn.Module | None:
+        raise NotImplementedError
+
+    @property
+    def out_activation(self) -> nn.Module:
+        raise NotImplementedError
+
+    # -- construction ---------------------------------------------------------------------
+    def _add_maskers(self) -> None:
+        a, b, _ = self.units()
+        width, groups = a.conv.out_channels, b.conv.groups
+        spec = self.spec
+        if spec.has_channel:
+            g = spec.channel_granularity
+            group_width = width // groups
+            if width % g != 0:
+                raise ValueError(
+                    f"channel_granularity G={g} does not divide the width {width} of {self.block_name} "
+                    f"(stage {self.stage + 1}); accepted: divisors of {width}"
+                )
+            if groups > 1 and g % group_width != 0:
+                raise ValueError(
+                    f"channel_granularity G={g} would split the conv groups of width {group_width} in "
+                    f"{self.block_name} (stage {self.stage + 1}); accepted: multiples of {group_width} "
+                    f"that divide {width}"
+                )
+            layers, reduction = self._masker_options
+            self.masker_channel = ChannelMasker(a.conv.in_channels, width // g, layers, reduction)
+        if spec.has_spatial:
+            self.masker_spatial = SpatialMasker(
+                a.conv.in_channels, spec.spatial_granularity, whole_block=spec.mode == "layer"
+            )
+
+    # -- structure ------------------------------------------------------------------------
+    def shape_at(self, in_hw: tuple[int, int]) -> BlockShape:
+        """The block's static structure for an input of spatial size ``in_hw``."""
+        a, b, c = self.units()
+        se = self.se
+        return BlockShape(
+            name=self.block_name,
+            stage=self.stage,
+            in_channels=a.conv.in_channels,
+            width=a.conv.out_channels,
+            out_channels=c.conv.out_channels,
+            stride=b.conv.stride[0],
+            groups=b.conv.groups,
+            se_channels=se.fc1.out_channels if se is not None else 0,
+            has_projection=self.projection is not None,
+            in_hw=tuple(in_hw),
+            out_hw=conv_output_hw(tuple(in_hw), 3, b.conv.stride[0], b.conv.padding[0]),
+            spec=self.spec,
+        )
+
+    def masker_macs(self, out_hw: tuple[int, int]) -> int:
+        """MACs of this block's maskers per image."""
+        total = 0
+        if self.masker_spatial is not None:
+            total += self.masker_spatial.macs(out_hw)
+        if self.masker_channel is not None:
+            total += self.masker_channel.macs()
+        return total
+
+    # -- forward --------------------------------------------------------------------------
+    def compute_masks(self, x: torch.Tensor) -> BlockMasks:
+        """Run the maskers on block input ``x`` and derive every pixel / channel mask."""
+        in_hw = tuple(x.shape[-2:])
+        b = self.units()[1].conv
+        cells = conv1 = conv3 = groups = channel = None
+        if self.masker_spatial is not None:
+            out_hw = conv_output_hw(in_hw, 3, b.stride[0], b.padding[0])
+            cells = self.masker_spatial(x, out_hw)
+            conv3 = expand_cells(cells, self.spec.spatial_granularity, out_hw)
+            conv1 = input_mask(conv3, in_hw, kernel=3, stride=b.stride[0])
+        if self.masker_channel is not None:
+            groups = self.masker_channel(x)
+            channel = groups.repeat_interleave(self.spec.channel_granularity, dim=1)
+        return BlockMasks(cells, conv1, conv3, groups, channel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output; what it computed is left in :attr:`last_stats`.
+
+        Statistics travel beside the tensor (not in a tuple) so that blocks and stages stay
+        ordinary modules: hooks fire and torchvision utilities can call them.
+        """
+        masks = self.compute_masks(x)
+        a, b, c = self.units()
+        channel = masks.channel[:, :, None, None] if masks.channel is not None else None
+        out = self._run_unit(a, x, channel)
+        out = self._run_unit(b, out, channel)
+        if self.se is not None:
+            out = self._squeeze_excite(out, masks.conv3)
+        out = c.norm(c.conv(out))
+        if masks.conv3 is not None:
+            out = out * masks.conv3
+        shortcut = self.projection(x) if self.projection is not None else x
+        out = self.out_activation(out + shortcut)
+        self.last_stats = self._stats(masks, tuple(x.shape[-2:]), x)
+        return out
+
+    def _run_unit(self, unit: Unit, x: torch.Tensor, channel: torch.Tensor | None) -> torch.Tensor:
+        y = unit.conv(x)
+        if channel is not None and self.channel_mask_placement == "before_bn":
+            y = y * channel
+        y = unit.norm(y)
+        if unit.act is not None:
+            y = unit.act(y)
+        if channel is not None and self.channel_mask_placement == "after_act":
+            y = y * channel
+        return y
+
+    def _squeeze_excite(self, x: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+        """Squeeze-excitation whose pooling averages over computed positions only."""
+        se = self.se
+        if pixels is None or pixels.shape[-2:] == (1, 1):
+            pooled = x.mean(dim=(2, 3), keepdim=True)
+        else:
+            count = pixels.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+            pooled = (x * pixels).sum(dim=(2, 3), keepdim=True) / count
+        scale = se.scale_activation(se.fc2(se.activation(se.fc1(pooled))))
+        return x * scale
+
+    def _stats(self, masks: BlockMasks, in_hw: tuple[int, int], x: torch.Tensor) -> BlockStats:
+        # float64: MACs in the billions stay exact, and AMP's low-precision masks average exactly.
+        shape = self.shape_at(in_hw)
+        ones = x.new_ones(x.shape[0], dtype=torch.float64)
+        d1 = masks.conv1.double().mean(dim=(1, 2, 3)) if masks.conv1 is not None else ones
+        d3 = masks.conv3.double().mean(dim=(1, 2, 3)) if masks.conv3 is not None else ones
+        se_active = masks.cells.double().amax(dim=(1, 2, 3)) if masks.cells is not None else ones
+        cd = masks.channel_groups.double().mean(dim=1) if masks.channel_groups is not None else ones
+        dynamic = block_dynamic_macs(shape, d1, d3, d3, cd, se_active, self.masker_macs(shape.out_hw))
+        return BlockStats(
+            name=self.block_name,
+            stage=self.stage,
+            dynamic=self.spec.is_dynamic,
+            conv1_density=d1,
+            conv2_density=d3,
+            conv3_density=d3,
+            channel_density=cd,
+            dense_macs=shape.dense_macs,
+            dynamic_macs=dynamic,
+            spatial_mask=masks.cells,
+            channel_mask=masks.channel_groups,
+        )

@@ -1,0 +1,67 @@
+"""Model registry: builders by name, as in timm's ``_registry``.
+
+``create_model("laud_resnet50", mode="channel", weights=...)`` looks the builder up and
+calls it; ``list_models()`` names what is available. The builders are also registered with
+timm when it is installed, so ``timm.create_model("laud_resnet50", ...)`` works too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+from torch import nn
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+# Keyword arguments timm's create_model passes that laudnet builders do not use.
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: make ``builder`` available to :func:`create_model` under its function name."""
+    name = builder.__name__
+    if name in _BUILDERS:
+        raise ValueError(f"model {name!r} is already registered")
+    _BUILDERS[name] = builder
+    return builder
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with the builder's keyword arguments."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    return _BUILDERS[name](**kwargs)
+
+
+def register_with_timm() -> bool:
+    """Register every laudnet builder with timm (if installed). Returns whether it was."""
+    try:
+        from timm.models import register_model as timm_register
+        from timm.models import is_model
+    except ImportError:
+        return False
+    for name, builder in _BUILDERS.items():
+        if not is_model(name):
+            timm_register(_timm_entry(name, builder))
+    return True
+
+
+def _timm_entry(name: str, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def entry(pretrained: bool = False, **kwargs) -> nn.Module:
+        for key in _TIMM_ONLY_KWARGS:
+            kwargs.pop(key, None)
+        if pretrained and kwargs.get("weights") is None:
+            kwargs["weights"] = "DEFAULT"
+        return builder(**kwargs)
+
+    entry.__name__ = name
+    entry.__qualname__ = name
+    entry.__module__ = __name__
+    entry.__doc__ = builder.__doc__
+    return entry

@@ -1,0 +1,130 @@
+"""LAUD-ResNet: torchvision's ResNet-50/101 (v1.5, stride on the 3×3 conv) with dynamic blocks.
+
+Module names follow ``torchvision.models.resnet`` exactly, so torchvision weights load
+as they are; maskers add ``masker_spatial`` / ``masker_channel`` parameters per block.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..dynamic.spec import DynamicSpec, StageSpec
+from .backbone import DynamicBackbone
+from .blocks import DynamicBottleneck, Unit
+
+
+class LaudBottleneck(DynamicBottleneck):
+    """ResNet bottleneck (expansion 4) as a dynamic block."""
+
+    expansion = 4
+
+    def __init__(
+        self, in_channels: int, planes: int, stride: int, project: bool, *, name: str, stage: int,
+        spec: StageSpec, **block_options,
+    ) -> None:
+        super().__init__(name, stage, spec, **block_options)
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+            if project
+            else None
+        )
+        self.stride = stride
+        self._add_maskers()
+
+    def units(self) -> tuple[Unit, Unit, Unit]:
+        return (
+            Unit(self.conv1, self.bn1, self.relu),
+            Unit(self.conv2, self.bn2, self.relu),
+            Unit(self.conv3, self.bn3, None),
+        )
+
+    @property
+    def projection(self) -> nn.Module | None:
+        return self.downsample
+
+    @property
+    def out_activation(self) -> nn.Module:
+        return self.relu
+
+
+class LaudResNet(DynamicBackbone):
+    """A ResNet with bottleneck blocks whose stages follow a :class:`DynamicSpec`.
+
+    ``width_multiplier`` scales every channel count (stem included) and ``layers`` sets the
+    blocks per stage, for small variants (e.g. the quickstart); torchvision weights need the
+    defaults.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        spec: DynamicSpec,
+        num_classes: int = 1000,
+        width_multiplier: float = 1.0,
+        name: str = "laud_resnet",
+        **block_options,
+    ) -> None:
+        super().__init__()
+        if len(layers) != 4 or any(int(n) < 1 for n in layers):
+            raise ValueError(f"layers: expected 4 positive block counts, got {list(layers)}")
+        if width_multiplier <= 0:
+            raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
+        self.name = name
+        self.dynamic_spec = spec
+        base = max(8, int(round(64 * width_multiplier)))
+        self.conv1 = nn.Conv2d(3, base, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_channels = base
+        for i, depth in enumerate(layers):
+            planes = base * 2**i
+            stride = 1 if i == 0 else 2
+            blocks = []
+            for j in range(int(depth)):
+                blocks.append(
+                    LaudBottleneck(
+                        in_channels, planes, stride if j == 0 else 1,
+                        project=j == 0 and (stride != 1 or in_channels != planes * 4),
+                        name=f"layer{i + 1}.{j}", stage=i, spec=spec.stages[i], **block_options,
+                    )
+                )
+                in_channels = planes * LaudBottleneck.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(in_channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """torchvision's ResNet initialisation; maskers keep their own (gates start on)."""
+        for name, module in self.named_modules():
+            if ".masker_" in name:
+                continue
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(x), 1))

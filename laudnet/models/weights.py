@@ -1,0 +1,130 @@
+"""Loading weights into LAUD models: torchvision weights, local files, official LAUDNet checkpoints.
+
+Backbone keys are torchvision's, so a torchvision state_dict loads as is and the maskers
+keep their initialisation (every gate on). Every mismatch is reported by name: missing
+backbone keys, unexpected keys and shape differences (a different architecture) are errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from ..io import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+WeightsArg = Union[None, str, os.PathLike, WeightsEnum]
+
+# Containers a checkpoint file may wrap its state_dict in (laudnet, torchvision references, official LAUDNet).
+_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+def resolve_weights(weights: WeightsArg, enum: type[WeightsEnum]) -> WeightsEnum | Path | None:
+    """Turn a builder's ``weights`` argument into a torchvision enum member or a local path.
+
+    Accepts ``None``, a member of ``enum``, its name (``"IMAGENET1K_V1"``, ``"DEFAULT"``) or a
+    path to an existing file. A member of another model's enum is an error.
+    """
+    if weights is None or isinstance(weights, Path):
+        return weights
+    if isinstance(weights, WeightsEnum):
+        if not isinstance(weights, enum):
+            raise ValueError(
+                f"weights {weights} belong to another architecture; this model accepts {enum.__name__} "
+                f"({', '.join(enum.__members__)})"
+            )
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        text = str(weights)
+        if text in enum.__members__ or text == "DEFAULT":
+            return enum.verify(text)
+        if Path(text).exists():
+            return Path(text)
+        raise ValueError(
+            f"weights {text!r} is neither an existing file nor a {enum.__name__} value "
+            f"({', '.join([*enum.__members__, 'DEFAULT'])})"
+        )
+    raise ValueError(f"weights: expected None, a {enum.__name__}, its name or a file path, got {type(weights).__name__}")
+
+
+def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The state_dict inside a checkpoint dict (unwrapped, ``module.`` prefixes of DDP removed)."""
+    for key in _STATE_DICT_KEYS:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise ValueError("checkpoint holds no tensors (expected a state_dict, or one under 'model' / 'state_dict')")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, weights: WeightsEnum | Path, progress: bool = True) -> None:
+    """Load torchvision ``weights`` or a local file into ``model`` (see :func:`load_state_dict`)."""
+    if isinstance(weights, WeightsEnum):
+        state = weights.get_state_dict(progress=progress, check_hash=True)
+        source = f"torchvision {weights}"
+    else:
+        state = extract_state_dict(load_checkpoint(weights))
+        source = str(weights)
+    load_state_dict(model, state, source)
+
+
+def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state_dict") -> None:
+    """Load ``state`` strictly for the backbone; masker parameters may be absent (they keep their init).
+
+    Raises ``ValueError`` naming the keys when the backbone does not match.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    missing_backbone = [k for k in missing if ".masker_" not in k]
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch (a different architecture?) for {_some(mismatched)}")
+    if missing_backbone:
+        problems.append(f"missing keys {_some(missing_backbone)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_some(unexpected)}")
+    if problems:
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(f"cannot load {source} into {name}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    fresh = [k for k in missing if ".masker_" in k]
+    if fresh:
+        log.info("loaded %s; %d masker tensors keep their initialisation (every gate on)", source, len(fresh))
+
+
+def _some(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a state_dict of the official LAUDNet ResNet code to laudnet's key layout.
+
+    The official code names its channel masker's layers ``masker_channel.conv`` (a single
+    ``Linear``) or ``masker_channel.conv.{0,2}`` (an MLP); laudnet calls them
+    ``masker_channel.layers.*``. Backbone and spatial-masker keys are shared. Build the
+    model with ``channel_mask_placement="before_bn"`` to reproduce the official logits.
+    """
+    state = extract_state_dict(state)
+    converted = {}
+    for key, value in state.items():
+        if ".masker_channel.conv." in key:
+            prefix, rest = key.split(".masker_channel.conv.", 1)
+            if rest in ("weight", "bias"):
+                rest = f"0.{rest}"
+            key = f"{prefix}.masker_channel.layers.{rest}"
+        converted[key] = value
+    return converted
