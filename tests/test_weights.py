@@ -133,3 +133,21 @@ def test_official_checkpoint_converter_reproduces_official_logits(tmp_path, mode
     torch.testing.assert_close(out.logits, expected, rtol=0, atol=1e-4)
     ratio = float(out.stats.macs_ratio.mean())
     assert 0.05 < ratio < 0.95, "the random maskers should skip part of the work"
+
+
+def test_laudnet_checkpoint_rebuilds_the_model(tmp_path):
+    from laudnet.models import checkpoint_metadata, model_from_checkpoint
+
+    model = randomize_maskers_(create_model("laud_regnet_y_400mf", mode="both", spatial_granularity="4-2-2-1",
+                                            num_classes=5), 4).eval()
+    assert model.build_config["kwargs"]["channel_granularity"] == [8, 8, 8, 8]
+    path = tmp_path / "last.pth"
+    torch.save({"model": model.state_dict(), "model_config": checkpoint_metadata(model), "epoch": 3}, path)
+    rebuilt = model_from_checkpoint(path).eval()
+    assert rebuilt.dynamic_spec == model.dynamic_spec
+    x = torch.randn(2, 3, 64, 72)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+    torch.save({"model": model.state_dict()}, path)
+    with pytest.raises(ValueError, match="has no 'model_config'"):
+        model_from_checkpoint(path)

@@ -8,6 +8,7 @@ timm when it is installed, so ``timm.create_model("laud_resnet50", ...)`` works 
 from __future__ import annotations
 
 import fnmatch
+import functools
 from typing import Callable
 
 from torch import nn
@@ -18,13 +19,41 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
+# Builder arguments that say where weights come from, not what the model is.
+_LOADING_KWARGS = ("weights", "progress")
+
+
 def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: make ``builder`` available to :func:`create_model` under its function name."""
+    """Decorator: make ``builder`` available to :func:`create_model` under its function name.
+
+    The built model remembers how it was built in ``model.build_config``
+    (``{"name": ..., "kwargs": {...}}``, plain data), so a checkpoint can rebuild it.
+    """
     name = builder.__name__
     if name in _BUILDERS:
         raise ValueError(f"model {name!r} is already registered")
-    _BUILDERS[name] = builder
-    return builder
+
+    @functools.wraps(builder)
+    def build(**kwargs) -> nn.Module:
+        model = builder(**kwargs)
+        config = {k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS}
+        spec = getattr(model, "dynamic_spec", None)
+        if spec is not None:
+            config.update(spec.to_dict())
+        model.build_config = {"name": name, "kwargs": _plain(config)}
+        return model
+
+    _BUILDERS[name] = build
+    return build
+
+
+def _plain(value):
+    """Tuples to lists, recursively: checkpoint metadata must load with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def list_models(pattern: str = "*") -> list[str]:
