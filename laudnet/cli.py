@@ -16,6 +16,7 @@ from typing import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
     "laudnet.models.commands",
+    "laudnet.latency.commands",
 )
 
 
