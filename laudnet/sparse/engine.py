@@ -211,6 +211,8 @@ class SparseBlock(nn.Module):
         if samples is not None:
             conv1_mask, conv3_mask = conv1_mask.index_select(0, samples), conv3_mask.index_select(0, samples)
         positions = conv3_mask.reshape(-1).nonzero().view(-1)
+        if positions.numel() == 0:  # these samples compute nothing here (others of the batch do)
+            return
         if channels is not None and channels.index.numel() == 0:
             values = self.b3.expand(positions.numel(), -1)
         else:

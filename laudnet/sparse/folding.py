@@ -15,11 +15,11 @@ from torch import nn
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(weight, bias)`` of the conv equivalent to ``bn(conv(x))`` in eval mode.
 
-    Computed in float64 and cast back, so folding adds no error beyond the conv's own.
+    The per-channel scale and bias are computed in float64, so each folded weight is rounded
+    once, like the product the unfolded model computes.
     """
     if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
         raise ValueError(f"expected a BatchNorm2d with running statistics after {conv}, got {bn}")
-    weight = conv.weight.detach().double()
     scale = bn.running_var.double().add(bn.eps).rsqrt()
     if bn.affine:
         scale = scale * bn.weight.detach().double()
@@ -28,5 +28,5 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
         bias = bias + bn.bias.detach().double()
     if conv.bias is not None:
         bias = bias + conv.bias.detach().double() * scale
-    dtype = conv.weight.dtype
-    return (weight * scale[:, None, None, None]).to(dtype).contiguous(), bias.to(dtype)
+    weight = conv.weight.detach()
+    return (weight * scale.to(weight.dtype)[:, None, None, None]).contiguous(), bias.to(weight.dtype)
