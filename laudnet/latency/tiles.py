@@ -75,20 +75,20 @@ def _expected_peak(n_tiles: int, tile: int, density: float, group: int) -> float
     if density <= 0.0:
         return 0.0
     starts = np.arange(n_tiles, dtype=np.int64) * tile
-    ends = starts + tile
-    first, last = starts // group, (ends - 1) // group
-    inside = first == last
-    n_inside_groups = np.unique(first[inside]).size
-    head = np.where(starts % group != 0, (first + 1) * group - starts, 0)[~inside]
-    tail = np.where(ends % group != 0, ends - last * group, 0)[~inside]
-    full = (last - first + 1)[~inside] - (head > 0) - (tail > 0)
+    first = starts // group
+    inside = first == (starts + tile - 1) // group
+    inside_groups = first[inside]
+    n_inside_groups = int(np.count_nonzero(np.diff(inside_groups))) + 1 if inside_groups.size else 0
     cdf_of_max = _cdf(_bernoulli_pmf(tile, tile, density)) ** n_inside_groups
-    if head.size:
-        kinds, counts = np.unique(np.stack([head, tail, full], axis=1), axis=0, return_counts=True)
-        for (h, t, n_full), count in zip(kinds.tolist(), counts.tolist()):
-            pmf = _scaled_binomial_pmf(n_full, group, density, tile)
-            pmf = _add_bernoulli(_add_bernoulli(pmf, h, density), t, density)
-            cdf_of_max = cdf_of_max * _cdf(pmf) ** count
+    # A straddling tile's overlaps with its groups depend only on where in a group it starts.
+    offsets = np.bincount(starts[~inside] % group, minlength=group)
+    for offset in np.flatnonzero(offsets).tolist():
+        head = (group - offset) % group
+        tail = (offset + tile) % group
+        n_full = (tile - head - tail) // group
+        pmf = _scaled_binomial_pmf(n_full, group, density, tile)
+        pmf = _add_bernoulli(_add_bernoulli(pmf, head, density), tail, density)
+        cdf_of_max = cdf_of_max * _cdf(pmf) ** int(offsets[offset])
     expected_max = float(np.sum(1.0 - cdf_of_max[:tile]))
     return max(expected_max / tile, density)
 
