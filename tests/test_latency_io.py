@@ -177,3 +177,10 @@ def test_command_errors_are_one_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_summary_from_another_resolution_is_a_warning(tmp_path, caplog):
+    path = _summary(tmp_path / "summary.json", _resnet50_names(), input_size=[256, 256])
+    with caplog.at_level("WARNING", logger="laudnet.latency"):
+        predict("laud_resnet50", "tx2", stats=path)
+    assert "measured at 256x256, predicting at 224x224" in caplog.text

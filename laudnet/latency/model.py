@@ -59,6 +59,7 @@ def resolve_shape(model: ModelLike, input_size: InputSize = 224) -> ModelShape:
 
 @lru_cache(maxsize=64)
 def _named_shape(name: str, size: tuple[int, int]) -> ModelShape:
+    """Cached: building a model is the slowest step of a cold prediction."""
     return model_shape(name, size)
 
 
@@ -89,6 +90,8 @@ def predict(
         hw = hw.with_batch(batch)
     shape = resolve_shape(model_or_name, input_size)
     summary = read_summary(stats) if stats is not None and not isinstance(stats, RunSummary) else stats
+    if summary is not None:
+        _check_run(summary, shape)
     spec = _resolve_spec(shape, summary, mode, spatial_granularity, channel_granularity)
     densities = _resolve_densities(shape, spec, summary, density)
     blocks = tuple(block_latency(hw, b, spec.stages[b.stage], d) for b, d in zip(shape.blocks, densities))
@@ -114,6 +117,16 @@ def predict(
         stages_ms=stages_ms,
         blocks=blocks,
     )
+
+
+def _check_run(summary: RunSummary, shape: ModelShape) -> None:
+    """Warn when the run measured another model or resolution than the one predicted."""
+    if summary.model is not None and summary.model != shape.name:
+        log.warning("%s: densities measured on %s, predicting %s", summary.path, summary.model, shape.name)
+    if summary.input_size is not None and summary.input_size != shape.input_hw:
+        log.warning(
+            "%s: densities measured at %dx%d, predicting at %dx%d", summary.path, *summary.input_size, *shape.input_hw
+        )
 
 
 def _resolve_spec(
