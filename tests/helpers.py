@@ -31,3 +31,13 @@ def randomize_maskers_(model: nn.Module, seed: int = 0, bias: float = 0.5) -> nn
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g) / fan_in**0.5)
                 module.bias.copy_(bias * torch.randn(module.bias.shape, generator=g))
     return model
+
+
+# A short but real training run on the built-in data, shared by the tests that need a trained
+# model (learning, mask placement, evaluation, the sparse engine).
+TINY_RUN = dict(
+    model="laud_resnet50", model_kwargs={"width_multiplier": 0.125, "layers": [2, 2, 2, 2]},
+    mode="spatial", spatial_granularity=1, data="synthetic", image_size=48, synthetic_classes=4,
+    synthetic_object_size=12, synthetic_train_size=3072, synthetic_val_size=256, workers=0,
+    pretrain_epochs=3, epochs=3, batch_size=32, lr=0.1, warmup_epochs=0.3, target=0.6, device="cpu", log_every=50,
+)

@@ -1,0 +1,154 @@
+"""Training and evaluation data: ImageNet-layout folders and the built-in synthetic data set.
+
+The built-in data set needs no files: every image is drawn on the fly from its index and a
+seed. Its class is the shape of one small object placed at a random position on a
+cluttered background, so a network has to find the object, and spatial masks have
+something to find.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SHAPES: tuple[str, ...] = ("square", "disc", "ring", "cross", "triangle", "frame", "diamond", "bar")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Box:
+    """An object's bounding box in pixels, ``[top, bottom)`` × ``[left, right)``."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+
+class SyntheticShapes(Dataset):
+    """Deterministic images of one small shape (the class) on a cluttered background.
+
+    Args:
+        size: number of samples.
+        num_classes: how many of :data:`SHAPES` are used (2 to 8).
+        image_size: side of the square images in pixels.
+        object_size: side of the object's bounding box in pixels.
+        seed: different seeds (and splits) give disjoint, reproducible samples.
+        split: ``"train"`` or ``"val"``.
+    """
+
+    def __init__(
+        self, size: int = 4096, num_classes: int = 6, image_size: int = 64, object_size: int = 14,
+        clutter: int = 12, seed: int = 0, split: str = "train",
+    ) -> None:
+        if not 2 <= num_classes <= len(SHAPES):
+            raise ValueError(f"num_classes must be between 2 and {len(SHAPES)}, got {num_classes}")
+        if not 4 <= object_size < image_size:
+            raise ValueError(f"object_size must be at least 4 and smaller than image_size={image_size}, got {object_size}")
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        self.size = size
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.object_size = object_size
+        self.clutter = clutter
+        self.seed = seed
+        self.split = split
+        self.classes = list(SHAPES[:num_classes])
+        self._normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for a data set of {self.size}")
+        return np.random.default_rng([self.seed, 0 if self.split == "train" else 1, index])
+
+    def label(self, index: int) -> int:
+        return index % self.num_classes
+
+    def object_box(self, index: int) -> Box:
+        """Where sample ``index``'s object lies (the same box :meth:`render` draws in)."""
+        top, left = (int(v) for v in self._rng(index).integers(0, self.image_size - self.object_size + 1, 2))
+        return Box(top, left, top + self.object_size, left + self.object_size)
+
+    def render(self, index: int) -> np.ndarray:
+        """The image as ``(H, W, 3)`` uint8 (NumPy: no thread pool for such small arrays)."""
+        rng = self._rng(index)
+        top, left = rng.integers(0, self.image_size - self.object_size + 1, 2)
+        box = Box(int(top), int(left), int(top) + self.object_size, int(left) + self.object_size)
+        n = self.image_size
+        image = 0.15 + 0.25 * rng.random(3) + 0.08 * rng.standard_normal((n, n, 3))
+        ys, xs = np.mgrid[0:n, 0:n].astype(np.float32)
+        if self.clutter:
+            # Thin strokes of random colour, position, angle and length; later ones on top.
+            k = self.clutter
+            colours = 0.2 + 0.5 * rng.random((k, 3))
+            y0, x0 = rng.random((2, k, 1, 1)) * n
+            angle = rng.random((k, 1, 1)) * math.pi
+            length = 6 + rng.random((k, 1, 1)) * n / 3
+            along = (xs - x0) * np.cos(angle) + (ys - y0) * np.sin(angle)
+            across = -(xs - x0) * np.sin(angle) + (ys - y0) * np.cos(angle)
+            strokes = (np.abs(along) < length / 2) & (np.abs(across) < 0.8)
+            top_stroke = (strokes * np.arange(1, k + 1).reshape(k, 1, 1)).max(axis=0)
+            image = np.where((top_stroke > 0)[..., None], colours[np.maximum(top_stroke - 1, 0)], image)
+        colour = 0.6 + 0.4 * rng.random(3)
+        mask = self._shape(SHAPES[self.label(index)], box, ys, xs)[..., None]
+        image = image * (1 - mask) + colour * mask
+        return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+    def _shape(self, shape: str, box: Box, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        r = self.object_size / 2
+        dy, dx = ys - (box.top + r - 0.5), xs - (box.left + r - 0.5)
+        inside = (np.abs(dy) < r) & (np.abs(dx) < r)
+        dist = np.sqrt(dy**2 + dx**2)
+        t = max(1.5, r / 3)
+        masks = {
+            "square": inside,
+            "disc": dist < r,
+            "ring": (dist < r) & (dist > r - t),
+            "cross": inside & ((np.abs(dy) < t / 1.5) | (np.abs(dx) < t / 1.5)),
+            "triangle": inside & (np.abs(dx) < (dy + r) / 2),
+            "frame": inside & ((np.abs(dy) > r - t) | (np.abs(dx) > r - t)),
+            "diamond": (np.abs(dy) + np.abs(dx)) < r,
+            "bar": inside & (np.abs(dy) < t),
+        }
+        return masks[shape].astype(np.float32)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(self.render(index)).permute(2, 0, 1).float().div_(255)
+        return self._normalize(image), self.label(index)
+
+
+def imagenet_transforms(image_size: int, train: bool) -> transforms.Compose:
+    """The standard torchvision ImageNet transforms: random-resized crop + flip, or resize + centre crop."""
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if train:
+        steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+    else:
+        steps = [transforms.Resize(int(round(image_size / 0.875))), transforms.CenterCrop(image_size)]
+    return transforms.Compose([*steps, transforms.ToTensor(), normalize])
+
+
+def image_folder(root: str | Path, split: str, image_size: int) -> datasets.ImageFolder:
+    """``root/split`` as an ImageNet-layout data set (one folder per class), with clear errors."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder not found: {folder} (expected {root}/train and {root}/val, one folder per class)")
+    classes = [d for d in folder.iterdir() if d.is_dir()]
+    if not classes:
+        raise ValueError(f"data folder {folder} has no class folders (expected one folder per class)")
+    if not any(f.suffix.lower() in IMAGE_EXTENSIONS for d in classes for f in d.iterdir()):
+        raise ValueError(f"data folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return datasets.ImageFolder(str(folder), transform=imagenet_transforms(image_size, split == "train"))
