@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-from ..models import model_from_checkpoint
 from ..io import load_checkpoint
+from ..models import model_from_checkpoint
 from ..reporting import dumps, format_table
-from .config import TrainConfig, add_config_arguments, config_from_dict, load_config, overrides_from_args
+from .config import add_config_arguments, config_from_checkpoint, load_config, overrides_from_args
 from .distributed import init_distributed, shutdown
-from .engine import STAGE_HEADERS, _loader, build_data, evaluate, stage_rows, train, ShardSampler
+from .data import build_datasets
+from .engine import STAGE_HEADERS, ShardSampler, evaluate, make_loader, stage_rows, train
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,17 +44,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
+    config = config_from_checkpoint(load_checkpoint(args.checkpoint), data=args.data, batch_size=args.batch_size)
     model = model_from_checkpoint(args.checkpoint)
-    trained = checkpoint.get("config") or {}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in trained.items() if k in known}
-    values.update({k: v for k, v in {"data": args.data, "batch_size": args.batch_size}.items() if v is not None})
-    config = config_from_dict(values)
     env = init_distributed(args.device)
     try:
-        data = build_data(config)
-        loader = _loader(data.val, config.batch_size // env.world_size, ShardSampler(len(data.val), env),
+        data = build_datasets(config)
+        loader = make_loader(data.val, config.batch_size // env.world_size, ShardSampler(len(data.val), env),
                          args.workers, env.device, drop_last=False)
         result = evaluate(model.to(env.device), loader, env, progress=not args.json)
     finally:

@@ -147,6 +147,14 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: _coerce(fields[k], v) for k, v in values.items()}).validate()
 
 
+def config_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """The training config stored in a laudnet checkpoint, with ``overrides`` (``None`` values ignored)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in (checkpoint.get("config") or {}).items() if k in known}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return config_from_dict(values)
+
+
 def load_config(path: PathLike | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (or start from the defaults) and apply ``overrides``.
 

@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
+from .config import TrainConfig
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SHAPES: tuple[str, ...] = ("square", "disc", "ring", "cross", "triangle", "frame", "diamond", "bar")
@@ -152,3 +154,26 @@ def image_folder(root: str | Path, split: str, image_size: int) -> datasets.Imag
     if not any(f.suffix.lower() in IMAGE_EXTENSIONS for d in classes for f in d.iterdir()):
         raise ValueError(f"data folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
     return datasets.ImageFolder(str(folder), transform=imagenet_transforms(image_size, split == "train"))
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    input_size: tuple[int, int]
+
+
+def build_datasets(config: TrainConfig) -> DataBundle:
+    """The built-in synthetic data (``data: synthetic``) or an ImageNet-layout folder."""
+    if config.data == "synthetic":
+        common = dict(num_classes=config.synthetic_classes, image_size=config.image_size,
+                      object_size=config.synthetic_object_size, seed=config.seed)
+        train = SyntheticShapes(size=config.synthetic_train_size, split="train", **common)
+        val = SyntheticShapes(size=config.synthetic_val_size, split="val", **common)
+        return DataBundle(train, val, config.synthetic_classes, (config.image_size, config.image_size))
+    train = image_folder(config.data, "train", config.image_size)
+    val = image_folder(config.data, "val", config.image_size)
+    if train.classes != val.classes:
+        raise ValueError(f"{config.data}: train/ and val/ have different class folders")
+    return DataBundle(train, val, len(train.classes), (config.image_size, config.image_size))

@@ -33,7 +33,7 @@ from ..models import DynamicBackbone, checkpoint_metadata, create_model, load_st
 from ..models.weights import extract_state_dict
 from ..reporting import format_table
 from .config import TrainConfig
-from .data import SyntheticShapes, image_folder
+from .data import build_datasets
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .losses import distillation_loss, sparsity_loss
 
@@ -45,29 +45,6 @@ SUMMARY = "summary.json"
 
 
 # -- data ------------------------------------------------------------------------------------
-
-@dataclass
-class DataBundle:
-    train: Dataset
-    val: Dataset
-    num_classes: int
-    input_size: tuple[int, int]
-
-
-def build_data(config: TrainConfig) -> DataBundle:
-    """The built-in synthetic data (``data: synthetic``) or an ImageNet-layout folder."""
-    if config.data == "synthetic":
-        common = dict(num_classes=config.synthetic_classes, image_size=config.image_size,
-                      object_size=config.synthetic_object_size, seed=config.seed)
-        train = SyntheticShapes(size=config.synthetic_train_size, split="train", **common)
-        val = SyntheticShapes(size=config.synthetic_val_size, split="val", **common)
-        return DataBundle(train, val, config.synthetic_classes, (config.image_size, config.image_size))
-    train = image_folder(config.data, "train", config.image_size)
-    val = image_folder(config.data, "val", config.image_size)
-    if train.classes != val.classes:
-        raise ValueError(f"{config.data}: train/ and val/ have different class folders")
-    return DataBundle(train, val, len(train.classes), (config.image_size, config.image_size))
-
 
 class ShardSampler(Sampler[int]):
     """Every ``world_size``-th index from ``rank``: evaluation shards without padding duplicates."""
@@ -82,7 +59,7 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
             drop_last: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=workers > 0)
@@ -226,7 +203,7 @@ class Trainer:
                              "or choose another --output")
         # Build and check everything before anything is written.
         torch.manual_seed(config.seed)
-        self.data = build_data(config)
+        self.data = build_datasets(config)
         model = build_model(config, self.data.num_classes)
         self.teacher = build_teacher(config, model, self.data.num_classes)
         self.model = model.to(env.device)
@@ -239,12 +216,12 @@ class Trainer:
         per_process = config.batch_size // env.world_size
         self.train_sampler = DistributedSampler(self.data.train, num_replicas=env.world_size, rank=env.rank,
                                                 shuffle=True, seed=config.seed, drop_last=True)
-        self.train_loader = _loader(self.data.train, per_process, self.train_sampler, config.workers,
+        self.train_loader = make_loader(self.data.train, per_process, self.train_sampler, config.workers,
                                     env.device, drop_last=True)
         if len(self.train_loader) == 0:
             raise ValueError(f"the training set ({len(self.data.train)} images) is smaller than one batch "
                              f"({config.batch_size}); lower batch_size")
-        self.val_loader = _loader(self.data.val, per_process, ShardSampler(len(self.data.val), env),
+        self.val_loader = make_loader(self.data.val, per_process, ShardSampler(len(self.data.val), env),
                                   config.workers, env.device, drop_last=False)
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer, len(self.train_loader))
