@@ -184,14 +184,15 @@ def run_plot(args: argparse.Namespace) -> int:
     densities = [i / (args.points - 1) for i in range(args.points)]
     figure, axes = plt.subplots(figsize=(6, 4))
     for mode in modes:
-        latencies = [
+        reports = [
             predict(
                 args.model, args.hardware, mode=mode, density=d, spatial_granularity=args.spatial_granularity,
                 channel_granularity=args.channel_granularity, **common,
-            ).model_ms
+            )
             for d in densities
         ]
-        axes.plot(densities, latencies, marker="o", markersize=3, label=mode)
+        label = reports[0].spec.describe().split(" ", 1)[-1] if mode != "layer" else ""
+        axes.plot(densities, [r.model_ms for r in reports], marker="o", markersize=3, label=f"{mode} {label}".strip())
     axes.axhline(static.model_ms, color="black", linestyle="--", label="static")
     axes.set_xlabel("density")
     axes.set_ylabel(f"latency (ms per batch of {static.batch})")
