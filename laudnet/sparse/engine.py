@@ -8,9 +8,9 @@ same logits as ``model.eval()``. Every block runs the model's own maskers
 * **layer**: a block whose gate is off runs only its masker and shortcut; in a batch only the
   samples whose gate is on run the residual branch (gathered into a sub-batch).
 * **channel**: conv1 computes the active output channels only, conv2 active inputs and
-  outputs, conv3 active inputs. The weights are stored so each selection is one gather of
-  contiguous rows of exactly the weights used (conv1 ``(out, in)``, conv3 ``(in, out)``,
-  conv2 ``(out, in/G, G·9)``), never a copy of the full tensors.
+  outputs, conv3 active inputs. The weights are stored so that a selection gathers
+  contiguous rows (conv1 ``(out, in)``, conv3 ``(in, out)``, conv2 ``(out, in/G, G·9)``) of
+  the weights used only, never a copy of the full tensors.
 * **spatial**: conv1 runs at the positions conv2 reads (``BlockMasks.conv1``), conv2 and conv3
   at the active positions (:mod:`.gather`: im2col of the selected windows), and the result is
   scatter-added into the shortcut. Activations are channels-last, so every 1×1 conv is a
@@ -45,22 +45,37 @@ from .gather import gather_tables
 
 
 @dataclass
+class _Pixels:
+    """Pixel masks of some samples and their active output positions (flat over those samples)."""
+
+    conv1: torch.Tensor
+    conv3: torch.Tensor
+    positions: torch.Tensor
+
+    @classmethod
+    def of(cls, conv1: torch.Tensor, conv3: torch.Tensor) -> "_Pixels":
+        return cls(conv1, conv3, conv3.reshape(-1).nonzero().view(-1))
+
+    def subset(self, samples: torch.Tensor) -> "_Pixels":
+        return _Pixels.of(self.conv1.index_select(0, samples), self.conv3.index_select(0, samples))
+
+
+@dataclass
 class _Work:
     """One residual-branch computation: which samples, channels and positions.
 
     ``samples`` is ``None`` for the whole batch; ``channels`` is ``None`` when every channel
-    is on; ``pixels`` is ``None`` when every position is on, else the ``(conv1, conv3)`` masks
-    of the whole batch.
+    is on; ``pixels`` is ``None`` when every position is on, else those of ``samples``.
     """
 
     samples: torch.Tensor | None
     channels: "_Channels | None"
-    pixels: tuple[torch.Tensor, torch.Tensor] | None
+    pixels: _Pixels | None
 
 
 @dataclass
 class _Channels:
-    """Active bottleneck channels, their channel groups and (grouped conv2) their conv groups."""
+    """Active bottleneck channels, their channel groups and (for a grouped conv2) their conv groups."""
 
     index: torch.Tensor
     groups: torch.Tensor
@@ -105,8 +120,12 @@ class SparseBlock(nn.Module):
         self.register_buffer("w1", w1.flatten(1))  # (out, in): active outputs are rows
         self.register_buffer("b1", b1)
         w2, b2 = fold_conv_bn(b.conv, b.norm)
-        self.register_buffer("w2", w2)  # (out, in/groups, 3, 3), rows of G·9 per input group
+        # Channels-last like the activations (else every conv call converts it): (out, 3, 3, in/groups) in memory.
+        self.register_buffer("w2", w2.contiguous(memory_format=torch.channels_last))
         self.register_buffer("b2", b2)
+        if block.masker_channel is not None:
+            # (out, in/groups, 3, 3) contiguous: an (output, input group) pair is one row of G·9 weights.
+            self.register_buffer("w2_rows", w2)
         if block.masker_spatial is not None:
             self.register_buffer("w2_taps", self._tap_layout(w2))
         w3, b3 = fold_conv_bn(c.conv, c.norm)
@@ -117,6 +136,7 @@ class SparseBlock(nn.Module):
             wp, bp = fold_conv_bn(block.projection[0], block.projection[1])
             self.register_buffer("wp", wp)
             self.register_buffer("bp", bp)
+            self.register_buffer("bp3", bp + b3)  # conv3's bias folded into the shortcut when the branch is dense
             self.project_stride = block.projection[0].stride[0]
         self.has_se = block.se is not None
         if self.has_se:
@@ -142,15 +162,26 @@ class SparseBlock(nn.Module):
         if source.training:
             raise ValueError(f"{self.name}: the model was put back in training mode; the engine needs eval-mode gates")
         masks = source.compute_masks(x)
-        out = self._shortcut(x)
-        for work in self._plan(masks, x.shape[0]):
+        plan = list(self._plan(masks, x.shape[0]))
+        if len(plan) == 1 and plan[0].samples is None and plan[0].pixels is None:
+            return self._dense_block(x, plan[0].channels)
+        # The identity shortcut is x itself: each branch reads its samples before adding to them.
+        out = F.conv2d(x, self.wp, self.bp, self.project_stride) if self.project_stride else x
+        for work in plan:
             self._add_branch(x, out, work)
         return out.relu_()
 
-    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.project_stride:
-            return x  # the branch's inputs are read before anything is added (samples never overlap)
-        return F.conv2d(x, self.wp, self.bp, self.project_stride)
+    def _dense_block(self, x: torch.Tensor, channels: "_Channels | None") -> torch.Tensor:
+        """Every sample and position computes: conv3 accumulates straight into the shortcut."""
+        skip_all = channels is not None and channels.index.numel() == 0
+        hidden = None if skip_all else self._dense_hidden(x, channels)
+        # conv3's bias applies everywhere (with every channel off it is all that remains).
+        out = F.conv2d(x, self.wp, self.bp3, self.project_stride) if self.project_stride else x.add_(self.b3[:, None, None])
+        if hidden is not None:
+            weight = self.w3 if channels is None else self.w3.index_select(0, channels.index)
+            rows = _rows(out)
+            torch.addmm(rows, hidden, weight, out=rows)  # not addmm_: torch's flop counter skips in-place variants
+        return out.relu_()
 
     def _plan(self, masks: BlockMasks, batch: int) -> Iterator[_Work]:
         """Split the batch into branch computations (none for samples whose branch is off)."""
@@ -163,10 +194,12 @@ class SparseBlock(nn.Module):
                     samples = on.nonzero().view(-1)
                     if samples.numel() == 0:
                         return
-            elif not bool(gate.any()):
-                return
-            elif not bool(gate.all()):
-                pixels = (masks.conv1, gate)
+            else:
+                pixels = _Pixels.of(masks.conv1, gate)
+                if pixels.positions.numel() == 0:
+                    return
+                if pixels.positions.numel() == gate.numel():
+                    pixels = None
         if masks.channel_groups is None:
             yield _Work(samples, None, pixels)
             return
@@ -178,10 +211,12 @@ class SparseBlock(nn.Module):
         for k in range(distinct.shape[0]):
             members = (inverse == k).nonzero().view(-1)
             if members.numel() == batch:
-                subset = None
-            else:
-                subset = members if samples is None else samples.index_select(0, members)
-            yield _Work(subset, self._channels(distinct[k]), pixels)
+                yield _Work(None, self._channels(distinct[k]), pixels)
+                continue
+            subset = members if samples is None else samples.index_select(0, members)
+            subset_pixels = None if pixels is None else pixels.subset(members)
+            if subset_pixels is None or subset_pixels.positions.numel():  # else: these samples compute nothing
+                yield _Work(subset, self._channels(distinct[k]), subset_pixels)
 
     def _channels(self, group_mask: torch.Tensor) -> _Channels | None:
         groups = group_mask.nonzero().view(-1)
@@ -201,22 +236,17 @@ class SparseBlock(nn.Module):
                 # Every channel off: conv3 sees zeros and only its folded BN shift remains.
                 branch = self.b3.view(1, -1, 1, 1).expand(xs.shape[0], -1, *out_hw)
             else:
-                branch = _image(self._dense_branch(xs, channels), xs.shape[0], out_hw)
+                branch = _image(self._conv3(self._dense_hidden(xs, channels), channels), xs.shape[0], out_hw)
             if samples is None:
                 out.add_(branch)
             else:
                 out.index_add_(0, samples, branch)
             return
-        conv1_mask, conv3_mask = work.pixels
-        if samples is not None:
-            conv1_mask, conv3_mask = conv1_mask.index_select(0, samples), conv3_mask.index_select(0, samples)
-        positions = conv3_mask.reshape(-1).nonzero().view(-1)
-        if positions.numel() == 0:  # these samples compute nothing here (others of the batch do)
-            return
+        positions = work.pixels.positions
         if channels is not None and channels.index.numel() == 0:
             values = self.b3.expand(positions.numel(), -1)
         else:
-            values = self._spatial_branch(xs, conv1_mask, positions, channels, out_hw)
+            values = self._spatial_branch(xs, work.pixels.conv1, positions, channels, out_hw)
         if samples is not None:
             per_image = out_hw[0] * out_hw[1]
             positions = samples.index_select(0, positions // per_image) * per_image + positions % per_image
@@ -232,8 +262,8 @@ class SparseBlock(nn.Module):
         weight = self.w3 if channels is None else self.w3.index_select(0, channels.index)
         return torch.addmm(self.b3, rows, weight)
 
-    def _dense_branch(self, x: torch.Tensor, channels: _Channels | None) -> torch.Tensor:
-        """conv3's output rows at every position, computing the active channels only."""
+    def _dense_hidden(self, x: torch.Tensor, channels: _Channels | None) -> torch.Tensor:
+        """conv3's input rows at every position (after SE), computing the active channels only."""
         batch = x.shape[0]
         h1 = _image(self._conv1(_rows(x), channels), batch, x.shape[-2:])
         if channels is None:
@@ -248,17 +278,20 @@ class SparseBlock(nn.Module):
             per_image = h2.shape[0] // batch
             pooled = h2.view(batch, per_image, -1).mean(dim=1)
             h2 = (h2.view(batch, per_image, -1) * self._se_scale(pooled, channels)[:, None, :]).view(h2.shape)
-        return self._conv3(h2, channels)
+        return h2
 
     def _conv2_weight(self, channels: _Channels) -> torch.Tensor:
-        """conv2's weights restricted to the active channels, gathered in one copy."""
+        """conv2's weights restricted to the active outputs and inputs, gathered as whole rows in one copy.
+
+        (Selecting inputs along the innermost dimension instead is ten times slower.)
+        """
         index = channels.index
-        if self.groups > 1:
-            return self.w2.index_select(0, index)
+        if self.groups > 1:  # active channels are whole conv groups: only outputs are selected
+            return self.w2_rows.index_select(0, index)
         g = self.channel_granularity
-        in_groups = self.w2.shape[1] // g
+        in_groups = self.w2_rows.shape[1] // g
         flat = (index[:, None] * in_groups + channels.groups[None, :]).view(-1)
-        rows = self.w2.view(-1, g * 9).index_select(0, flat)
+        rows = self.w2_rows.view(-1, g * 9).index_select(0, flat)
         return rows.view(index.numel(), channels.groups.numel() * g, 3, 3)
 
     def _spatial_branch(
@@ -277,8 +310,7 @@ class SparseBlock(nn.Module):
             h1 = self._conv1(rows.index_select(0, needed), channels)
             buffer = h1.new_zeros(tables.rows, h1.shape[1])
             buffer.index_copy_(0, tables.padded.index_select(0, needed), h1)
-        windows = tables.windows.index_select(0, positions)
-        cols = buffer.index_select(0, (windows[:, None] + tables.taps).view(-1))
+        cols = buffer.index_select(0, tables.windows.index_select(0, positions).view(-1))
         h2 = self._conv2_cols(cols.view(positions.numel(), 9, -1), channels).relu_()
         if self.has_se:
             h2 = h2 * self._se_scale_at(h2, positions // (out_hw[0] * out_hw[1]), batch, channels)
