@@ -16,7 +16,10 @@ from typing import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
     "laudnet.models.commands",
+    "laudnet.train.commands",
+    "laudnet.viz.commands",
     "laudnet.latency.commands",
+    "laudnet.sparse.commands",
 )
 
 
