@@ -10,7 +10,8 @@ from ..reporting import dumps, format_table
 from .config import add_config_arguments, config_from_checkpoint, load_config, overrides_from_args
 from .distributed import init_distributed, shutdown
 from .data import build_datasets
-from .engine import STAGE_HEADERS, ShardSampler, evaluate, make_loader, stage_rows, train
+from .engine import STAGE_HEADERS, evaluate, stage_rows, train
+from .runner import ShardSampler, make_loader
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,7 +1,11 @@
-"""Training configuration: one dataclass, read from YAML, overridden from the command line.
+"""Training configuration: one dataclass per task, read from YAML, overridden from the command line.
 
-Every field is also a ``laudnet train`` option (``--batch-size 64``, ``--mode 'spatial-spatial-channel-static'``),
-so there is one list of settings, with its defaults and its checks, here.
+Every field is also an option of the task's ``train`` command (``--batch-size 64``,
+``--mode 'spatial-spatial-channel-static'``), so there is one list of settings, with its
+defaults and its checks, per task. :class:`RunConfig` holds what every task shares
+(backbone, optimisation, the dynamic objective, system); :class:`TrainConfig` is image
+classification's, ``laudnet.detection.DetectionConfig`` detection's. Reading files (with
+``base:`` includes), checking types and the command-line options work for any of them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import yaml
 
@@ -21,11 +25,14 @@ PerStage = Union[str, int, list]
 
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("none", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "step")
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs. Defaults follow the official LAUDNet ImageNet recipe."""
+class RunConfig:
+    """What every laudnet training run has: the LAUD backbone, optimisation, the dynamic
+    objective and the system. Tasks subclass it with their data and task settings (and
+    their defaults); classification's defaults follow the official ImageNet recipe."""
 
     # model
     model: str = "laud_resnet50"
@@ -34,15 +41,10 @@ class TrainConfig:
     channel_granularity: PerStage | None = None
     model_kwargs: dict = field(default_factory=dict)
     weights: str | None = None
-    teacher: str = "initial"
-    pretrain_epochs: int = 0
     # data
     data: str = "synthetic"
-    image_size: int = 224
-    synthetic_classes: int = 6
     synthetic_train_size: int = 4096
     synthetic_val_size: int = 1024
-    synthetic_object_size: int = 14
     workers: int = 4
     # optimisation
     epochs: int = 100
@@ -50,17 +52,18 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: float = 0.08
     backbone_lr_mult: float = 1.0
+    backbone_weight_decay_mult: float = 1.0
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-5
     warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
+    warmup_start: float = 0.01
+    lr_schedule: str = "cosine"
+    lr_milestones: list = field(default_factory=list)
     # dynamic training
     target: float = 0.5
     target_begin_epoch: int = 0
     lambda_sparsity: float = 10.0
-    alpha_distill: float = 0.5
-    distill_temperature: float = 4.0
     t0: float = 5.0
     t_last: float = 0.1
     temperature_schedule: str = "exp"
@@ -68,32 +71,32 @@ class TrainConfig:
     # system
     device: str = "auto"
     amp: str = "none"
-    channels_last: bool = False
     seed: int = 0
     output: str = "runs/laudnet"
     log_every: int = 20
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> "RunConfig":
         """Check values a user may get wrong; raise ``ValueError`` saying what is accepted."""
         if not 0.0 < self.target <= 1.0:
             raise ValueError(f"target must be in (0, 1], got {self.target}")
-        for name in ("epochs", "batch_size", "image_size", "synthetic_train_size", "synthetic_val_size", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("pretrain_epochs", "workers", "target_begin_epoch"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be zero or positive, got {getattr(self, name)}")
-        for name in ("lr", "t0", "t_last", "distill_temperature", "bounds_relax_until"):
+        check_positive_ints(self, "epochs", "batch_size", "synthetic_train_size", "synthetic_val_size", "log_every")
+        check_non_negative_ints(self, "workers", "target_begin_epoch")
+        for name in ("lr", "t0", "t_last", "bounds_relax_until"):
             if float(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lambda_sparsity", "alpha_distill", "weight_decay", "warmup_epochs", "backbone_lr_mult"):
+        for name in ("lambda_sparsity", "weight_decay", "warmup_epochs", "backbone_lr_mult",
+                     "backbone_weight_decay_mult"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be zero or positive, got {getattr(self, name)}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("amp", self.amp, AMP_MODES)
-        _choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
+        if not 0.0 < self.warmup_start <= 1.0:
+            raise ValueError(f"warmup_start must be in (0, 1], got {self.warmup_start}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("amp", self.amp, AMP_MODES)
+        check_choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
+        if not isinstance(self.lr_milestones, list) or any(
+                isinstance(m, bool) or not isinstance(m, int) or not 0 < m < self.epochs for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones must be a list of epochs between 1 and epochs - 1, got {self.lr_milestones!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.model_kwargs, dict):
@@ -108,7 +111,49 @@ class TrainConfig:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _choice(name: str, value: str, accepted: tuple[str, ...]) -> None:
+@dataclass
+class TrainConfig(RunConfig):
+    """Image classification: the run settings plus its data, static pre-training and distillation."""
+
+    teacher: str = "initial"
+    pretrain_epochs: int = 0
+    image_size: int = 224
+    synthetic_classes: int = 6
+    synthetic_object_size: int = 14
+    label_smoothing: float = 0.0
+    alpha_distill: float = 0.5
+    distill_temperature: float = 4.0
+    channels_last: bool = False
+
+    def validate(self) -> "TrainConfig":
+        super().validate()
+        check_positive_ints(self, "image_size")
+        check_non_negative_ints(self, "pretrain_epochs")
+        if float(self.distill_temperature) <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
+        if float(self.alpha_distill) < 0:
+            raise ValueError(f"alpha_distill must be zero or positive, got {self.alpha_distill}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        return self
+
+
+C = TypeVar("C", bound=RunConfig)
+
+
+def check_positive_ints(config: RunConfig, *names: str) -> None:
+    for name in names:
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
+
+
+def check_non_negative_ints(config: RunConfig, *names: str) -> None:
+    for name in names:
+        if int(getattr(config, name)) < 0:
+            raise ValueError(f"{name} must be zero or positive, got {getattr(config, name)}")
+
+
+def check_choice(name: str, value: str, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
         raise ValueError(f"{name} must be one of {', '.join(accepted)}, got {value!r}")
 
@@ -138,24 +183,24 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Build a validated config; unknown keys are an error listing the known ones."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+def config_from_dict(values: dict[str, Any], cls: type[C] = TrainConfig) -> C:
+    """Build a validated ``cls`` config; unknown keys are an error listing the known ones."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown config keys {', '.join(unknown)}; known keys: {', '.join(sorted(fields))}")
-    return TrainConfig(**{k: _coerce(fields[k], v) for k, v in values.items()}).validate()
+    return cls(**{k: _coerce(fields[k], v) for k, v in values.items()}).validate()
 
 
-def config_from_checkpoint(checkpoint: dict[str, Any], **overrides: Any) -> TrainConfig:
+def config_from_checkpoint(checkpoint: dict[str, Any], cls: type[C] = TrainConfig, **overrides: Any) -> C:
     """The training config stored in a laudnet checkpoint, with ``overrides`` (``None`` values ignored)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in (checkpoint.get("config") or {}).items() if k in known}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_dict(values)
+    return config_from_dict(values, cls)
 
 
-def load_config(path: PathLike | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(path: PathLike | None, overrides: dict[str, Any] | None = None, cls: type[C] = TrainConfig) -> C:
     """Read a YAML config (or start from the defaults) and apply ``overrides``.
 
     A config may name another with ``base: other.yaml`` (relative to itself): its settings
@@ -163,7 +208,7 @@ def load_config(path: PathLike | None, overrides: dict[str, Any] | None = None) 
     """
     values = _read_yaml(Path(path)) if path is not None else {}
     values.update(overrides or {})
-    return config_from_dict(values)
+    return config_from_dict(values, cls)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -185,10 +230,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return {**_read_yaml(path.parent / base, seen + (path.resolve(),)), **loaded}
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig] = TrainConfig) -> None:
     """One ``--option`` per config field; values are parsed as YAML (``--model-kwargs '{layers: [1,1,1,1]}'``)."""
     group = parser.add_argument_group("config overrides (each config field; YAML values)")
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         group.add_argument(flag, dest=f"override_{f.name}", default=None, metavar="VALUE", type=_yaml_value)
 

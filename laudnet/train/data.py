@@ -35,6 +35,48 @@ class Box:
     right: int
 
 
+def cluttered_background(rng: np.random.Generator, height: int, width: int, clutter: int) -> np.ndarray:
+    """A noisy background of random tint with ``clutter`` thin strokes of random colour, position,
+    angle and length (later ones on top), as ``(H, W, 3)`` floats in [0, 1]-ish."""
+    image = 0.15 + 0.25 * rng.random(3) + 0.08 * rng.standard_normal((height, width, 3))
+    if not clutter:
+        return image
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    k = clutter
+    colours = 0.2 + 0.5 * rng.random((k, 3))
+    y0, x0 = rng.random((2, k, 1, 1)) * np.array([height, width]).reshape(2, 1, 1, 1)
+    angle = rng.random((k, 1, 1)) * math.pi
+    length = 6 + rng.random((k, 1, 1)) * min(height, width) / 3
+    along = (xs - x0) * np.cos(angle) + (ys - y0) * np.sin(angle)
+    across = -(xs - x0) * np.sin(angle) + (ys - y0) * np.cos(angle)
+    strokes = (np.abs(along) < length / 2) & (np.abs(across) < 0.8)
+    top_stroke = (strokes * np.arange(1, k + 1).reshape(k, 1, 1)).max(axis=0)
+    return np.where((top_stroke > 0)[..., None], colours[np.maximum(top_stroke - 1, 0)], image)
+
+
+def shape_mask(shape: str, box: Box, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Where ``shape`` (one of :data:`SHAPES`) covers the pixel grid ``ys, xs``, drawn in the square ``box``,
+    as a float32 0/1 array."""
+    r = (box.bottom - box.top) / 2
+    dy, dx = ys - (box.top + r - 0.5), xs - (box.left + r - 0.5)
+    inside = (np.abs(dy) < r) & (np.abs(dx) < r)
+    dist = np.sqrt(dy**2 + dx**2)
+    t = max(1.5, r / 3)
+    masks = {
+        "square": lambda: inside,
+        "disc": lambda: dist < r,
+        "ring": lambda: (dist < r) & (dist > r - t),
+        "cross": lambda: inside & ((np.abs(dy) < t / 1.5) | (np.abs(dx) < t / 1.5)),
+        "triangle": lambda: inside & (np.abs(dx) < (dy + r) / 2),
+        "frame": lambda: inside & ((np.abs(dy) > r - t) | (np.abs(dx) > r - t)),
+        "diamond": lambda: (np.abs(dy) + np.abs(dx)) < r,
+        "bar": lambda: inside & (np.abs(dy) < t),
+    }
+    if shape not in masks:
+        raise ValueError(f"unknown shape {shape!r}; accepted: {', '.join(SHAPES)}")
+    return masks[shape]().astype(np.float32)
+
+
 class SyntheticShapes(Dataset):
     """Deterministic images of one small shape (the class) on a cluttered background.
 
@@ -90,43 +132,12 @@ class SyntheticShapes(Dataset):
         rng = self._rng(index)
         top, left = rng.integers(0, self.image_size - self.object_size + 1, 2)
         box = Box(int(top), int(left), int(top) + self.object_size, int(left) + self.object_size)
-        n = self.image_size
-        image = 0.15 + 0.25 * rng.random(3) + 0.08 * rng.standard_normal((n, n, 3))
-        ys, xs = np.mgrid[0:n, 0:n].astype(np.float32)
-        if self.clutter:
-            # Thin strokes of random colour, position, angle and length; later ones on top.
-            k = self.clutter
-            colours = 0.2 + 0.5 * rng.random((k, 3))
-            y0, x0 = rng.random((2, k, 1, 1)) * n
-            angle = rng.random((k, 1, 1)) * math.pi
-            length = 6 + rng.random((k, 1, 1)) * n / 3
-            along = (xs - x0) * np.cos(angle) + (ys - y0) * np.sin(angle)
-            across = -(xs - x0) * np.sin(angle) + (ys - y0) * np.cos(angle)
-            strokes = (np.abs(along) < length / 2) & (np.abs(across) < 0.8)
-            top_stroke = (strokes * np.arange(1, k + 1).reshape(k, 1, 1)).max(axis=0)
-            image = np.where((top_stroke > 0)[..., None], colours[np.maximum(top_stroke - 1, 0)], image)
+        image = cluttered_background(rng, self.image_size, self.image_size, self.clutter)
+        ys, xs = np.mgrid[0:self.image_size, 0:self.image_size].astype(np.float32)
         colour = 0.6 + 0.4 * rng.random(3)
-        mask = self._shape(SHAPES[self.label(index)], box, ys, xs)[..., None]
+        mask = shape_mask(SHAPES[self.label(index)], box, ys, xs)[..., None]
         image = image * (1 - mask) + colour * mask
         return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-
-    def _shape(self, shape: str, box: Box, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        r = self.object_size / 2
-        dy, dx = ys - (box.top + r - 0.5), xs - (box.left + r - 0.5)
-        inside = (np.abs(dy) < r) & (np.abs(dx) < r)
-        dist = np.sqrt(dy**2 + dx**2)
-        t = max(1.5, r / 3)
-        masks = {
-            "square": inside,
-            "disc": dist < r,
-            "ring": (dist < r) & (dist > r - t),
-            "cross": inside & ((np.abs(dy) < t / 1.5) | (np.abs(dx) < t / 1.5)),
-            "triangle": inside & (np.abs(dx) < (dy + r) / 2),
-            "frame": inside & ((np.abs(dy) > r - t) | (np.abs(dx) > r - t)),
-            "diamond": (np.abs(dy) + np.abs(dx)) < r,
-            "bar": inside & (np.abs(dy) < t),
-        }
-        return masks[shape].astype(np.float32)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = torch.from_numpy(self.render(index)).permute(2, 0, 1).float().div_(255)
