@@ -6,7 +6,7 @@ same logits as ``model.eval()``. Every block runs the model's own maskers
 
 * BatchNorm folded into every conv (:mod:`.folding`).
 * **layer**: a block whose gate is off runs only its masker and shortcut; in a batch only the
-  samples whose gate is on run the residual branch (gathered into a sub-batch).
+  samples whose gate is on run the residual branch.
 * **channel**: conv1 computes the active output channels only, conv2 active inputs and
   outputs, conv3 active inputs. The weights are stored so that a selection gathers
   contiguous rows (conv1 ``(out, in)``, conv3 ``(in, out)``, conv2 ``(out, in/G, G·9)``) of
@@ -49,6 +49,15 @@ from .gather import gather_tables
 
 
 @dataclass
+class _Channels:
+    """Active bottleneck channels, their channel groups and (for a grouped conv2) their conv groups."""
+
+    index: torch.Tensor
+    groups: torch.Tensor
+    conv_groups: torch.Tensor
+
+
+@dataclass
 class _Pixels:
     """Pixel masks of some samples and their active output positions (flat over those samples)."""
 
@@ -73,17 +82,8 @@ class _Work:
     """
 
     samples: torch.Tensor | None
-    channels: "_Channels | None"
+    channels: _Channels | None
     pixels: _Pixels | None
-
-
-@dataclass
-class _Channels:
-    """Active bottleneck channels, their channel groups and (for a grouped conv2) their conv groups."""
-
-    index: torch.Tensor
-    groups: torch.Tensor
-    conv_groups: torch.Tensor
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +182,7 @@ class SparseBlock(nn.Module):
         source = x if stride == 1 else x[:, :, ::stride, ::stride]
         return _image(torch.addmm(bias, _rows(source), self.wp), x.shape[0], source.shape[-2:])
 
-    def _dense_block(self, x: torch.Tensor, channels: "_Channels | None") -> torch.Tensor:
+    def _dense_block(self, x: torch.Tensor, channels: _Channels | None) -> torch.Tensor:
         """Every sample and position computes: the whole branch adds into the shortcut in place."""
         if self.project_stride:
             out = self._project(x, self.bp3)  # conv3's bias folded in
@@ -192,7 +192,7 @@ class SparseBlock(nn.Module):
             self._add_dense(x, out, channels, add_bias=True)
         return out.relu_()
 
-    def _add_dense(self, x: torch.Tensor, out: torch.Tensor, channels: "_Channels | None", add_bias: bool) -> None:
+    def _add_dense(self, x: torch.Tensor, out: torch.Tensor, channels: _Channels | None, add_bias: bool) -> None:
         """``out += branch(x)`` at every position (``out`` may be ``x``: the branch reads it first)."""
         skip_all = channels is not None and channels.index.numel() == 0
         hidden = None if skip_all else self._dense_hidden(x, channels)
@@ -390,7 +390,7 @@ class SparseModel(nn.Module):
         super().__init__()
         conv, bn, self.stem_pool = _stem(model)
         weight, bias = fold_conv_bn(conv, bn)
-        self.register_buffer("stem_weight", weight)
+        self.register_buffer("stem_weight", weight.contiguous(memory_format=torch.channels_last))
         self.register_buffer("stem_bias", bias)
         self.stem_stride, self.stem_padding = conv.stride[0], conv.padding[0]
         self.blocks = nn.ModuleList(SparseBlock(block) for _, block in model.named_dynamic_blocks())
