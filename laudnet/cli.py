@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "laudnet.viz.commands",
     "laudnet.latency.commands",
     "laudnet.sparse.commands",
+    "laudnet.detection.commands",
 )
 
 

@@ -1,12 +1,16 @@
 """Object detection and instance segmentation with LAUD backbones: torchvision's RetinaNet,
 Faster R-CNN and Mask R-CNN, COCO-format data (and built-in synthetic shapes), COCO evaluation."""
 
+from .config import DetectionConfig
 from .data import CocoDetection, SyntheticCocoShapes, SyntheticSettings, collate
+from .engine import DetectionTrainer, build_detection_data, detector_from_checkpoint, train_detector
 from .evaluation import CocoMetrics, DetectionEvalResult, coco_metrics, evaluate_detector
 from .models import BACKBONES, DETECTORS, LaudFPN, build_detector, laud_backbone
+from .predict import Prediction, predict, save_prediction
 
 __all__ = [
-    "BACKBONES", "CocoDetection", "CocoMetrics", "DETECTORS", "DetectionEvalResult", "LaudFPN",
-    "SyntheticCocoShapes", "SyntheticSettings", "build_detector", "coco_metrics", "collate", "evaluate_detector",
-    "laud_backbone",
+    "BACKBONES", "CocoDetection", "CocoMetrics", "DETECTORS", "DetectionConfig", "DetectionEvalResult",
+    "DetectionTrainer", "LaudFPN", "Prediction", "SyntheticCocoShapes", "SyntheticSettings", "build_detection_data",
+    "build_detector", "coco_metrics", "collate", "detector_from_checkpoint", "evaluate_detector", "laud_backbone",
+    "predict", "save_prediction", "train_detector",
 ]
