@@ -1,10 +1,13 @@
 """Sparse engine speed on ResNet-50: engine latency ÷ static torchvision latency, next to the MACs ratio.
 
-Batch 1, 224², fp32, all cores (or --threads). For every mode the masks are the model's own
+Batch 1, 224², fp32, all cores (or --threads). Spatial and channel masks are the model's own
 decisions with masker biases set by ``laudnet.sparse.calibrate_density`` on random images
 (maskers of the untrained model get random weights first); the density is searched by
-bisection until the realised MACs ratio on the timed image is closest to the target. At
-ratio 1.0 every gate is forced on (the maskers still run and count). The engine and
+bisection until the realised MACs ratio on the timed image is closest to the target. Layer
+skipping has one decision per block, too coarse to steer through one image's quantiles, so
+the gates of a seeded random order of blocks are forced off one by one until the ratio is
+closest to the target. At ratio 1.0 every gate is forced on. Forced or not, the maskers run
+and their MACs count. The engine and
 torchvision's ResNet-50 in NCHW and channels-last are timed in interleaved rounds after a
 warm-up; the table shows medians and the engine ÷ the faster static layout.
 
@@ -26,7 +29,7 @@ from laudnet.sparse.benchmark import compare_latency
 
 TARGETS = (0.25, 0.5, 0.75, 1.0)
 GOALS = {("channel", 0.5): 0.60, ("layer", 0.5): 0.55, ("spatial", 0.5): 0.70}
-DEFAULT_CONFIGS = ("channel", "channel:G=16", "layer", "spatial", "spatial:S=4", "spatial:S=7", "spatial:S=4-4-2-1")
+DEFAULT_CONFIGS = ("channel", "channel:G=32", "layer", "spatial", "spatial:S=4", "spatial:S=7")
 
 
 def parse_config(config: str) -> tuple[str, dict[str, str]]:
@@ -42,17 +45,44 @@ def parse_config(config: str) -> tuple[str, dict[str, str]]:
     return mode, kwargs
 
 
-def set_macs_ratio(model, target: float, calibration: torch.Tensor, timed: torch.Tensor, steps: int) -> float:
-    """Calibrate ``model`` to the density whose MACs ratio on ``timed`` is closest to ``target``."""
+def macs_ratio(model, images: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(model(images, return_stats=True).stats.macs_ratio.mean())
+
+
+def skip_blocks(model, target: float, timed: torch.Tensor, seed: int) -> float:
+    """Force off the gates of blocks in a seeded random order until the MACs ratio is closest to ``target``.
+
+    Returns the fraction of blocks left on.
+    """
+    blocks = [block for _, block in model.named_dynamic_blocks()]
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed)).tolist()
+    model.set_forced_gates(True)
+    best = (abs(macs_ratio(model, timed) - target), 0)
+    for count, index in enumerate(order, start=1):
+        blocks[index].masker_spatial.force = False
+        ratio = macs_ratio(model, timed)
+        best = min(best, (abs(ratio - target), count))
+        if ratio < target:
+            break
+    model.set_forced_gates(True)
+    for index in order[: best[1]]:
+        blocks[index].masker_spatial.force = False
+    return 1.0 - best[1] / len(blocks)
+
+
+def set_macs_ratio(model, target: float, calibration: torch.Tensor, timed: torch.Tensor, steps: int, seed: int) -> float:
+    """Set ``model``'s masks so that the MACs ratio on ``timed`` is closest to ``target``; returns the density."""
     if target >= 1.0:
         model.set_forced_gates(True)
         return 1.0
+    if set(model.dynamic_spec.modes) == {"layer"}:
+        return skip_blocks(model, target, timed, seed)
     lo, hi, best = 0.0, 1.0, (float("inf"), 0.0)
     for _ in range(steps):
         density = (lo + hi) / 2
         calibrate_density(model, density, calibration)
-        with torch.no_grad():
-            ratio = float(model(timed, return_stats=True).stats.macs_ratio.mean())
+        ratio = macs_ratio(model, timed)
         best = min(best, (abs(ratio - target), density))
         lo, hi = (density, hi) if ratio < target else (lo, density)
     calibrate_density(model, best[1], calibration)
@@ -84,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         model = create_model("laud_resnet50", mode=mode, **kwargs).eval()
         engine = convert(model)
         for target in args.targets:
-            density = set_macs_ratio(model, target, calibration, timed, args.steps)
+            density = set_macs_ratio(model, target, calibration, timed, args.steps, args.seed)
             result = compare_latency(model, timed, engine, args.warmup, args.repeats, measure_masked=False)
             model.set_forced_gates(None)
             rows.append({
