@@ -81,7 +81,8 @@ def calibrate_density(
     Blocks are calibrated in order during one forward pass, each on the features produced by
     the already calibrated blocks before it. Each masker gets one shift (shared by its cells or
     channel groups), set at the quantile of its decision margins over ``images``, so the
-    per-image density follows the spread of the masker's own logits. Maskers whose decision
+    per-image density follows the spread of the masker's own logits (a whole-block gate decides
+    once per image, so its density moves in steps of ``1 / len(images)``). Maskers whose decision
     layer is all zeros (an untrained model, whose decisions would all be equal) first get
     random weights drawn from ``seed``. Forced gates are cleared and the model is left in
     eval mode. Returns the density reached on ``images``.
