@@ -122,6 +122,9 @@ def test_before_bn_channel_masks_are_rejected():
     model = create_model("laud_resnet50", mode="channel", width_multiplier=0.25, channel_mask_placement="before_bn")
     with pytest.raises(ValueError, match="before_bn.*accepts 'after_act'"):
         convert(model)
+    # Without channel masks the placement changes nothing, so such a model converts.
+    spatial = _build("laud_resnet50", "spatial", width_multiplier=0.25, channel_mask_placement="before_bn")
+    _check(spatial, convert(spatial), torch.randn(1, 3, 40, 56))
 
 
 def test_engine_is_inference_only():

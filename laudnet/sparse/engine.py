@@ -101,7 +101,7 @@ class SparseBlock(nn.Module):
 
     def __init__(self, block: DynamicBottleneck) -> None:
         super().__init__()
-        if block.channel_mask_placement != "after_act":
+        if block.masker_channel is not None and block.channel_mask_placement != "after_act":
             raise ValueError(
                 f"{block.block_name}: channel_mask_placement={block.channel_mask_placement!r} masks before BN, "
                 "so skipped channels are not zero and cannot be left out; the sparse engine accepts 'after_act'"
