@@ -28,7 +28,9 @@ without any gather.
 
 Gathers and scatters are index copies, never products, so the multiply-accumulates the
 engine executes are exactly the dynamic MACs the model reports. The code is device-neutral
-(CPU or CUDA, no custom kernels).
+(CPU or CUDA, no custom kernels). :mod:`.plan` lists the primitive operations these code paths
+run for a block shape and its work; the latency predictor prices a calibrated device from that
+list, and the tests hold it to the operations this code dispatches, so change both together.
 """
 
 from __future__ import annotations
