@@ -64,7 +64,9 @@ class SpatialMasker(_Masker):
 
     def forward(self, x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
         """Return the ``(B, 1, gh, gw)`` 0/1 cell mask for input ``x``."""
-        pooled = F.adaptive_avg_pool2d(x, self.grid(out_hw))
+        grid = self.grid(out_hw)
+        # A grid as fine as the input (stride-1 blocks at S=1) needs no pooling.
+        pooled = x if tuple(x.shape[-2:]) == grid else F.adaptive_avg_pool2d(x, grid)
         return self._gate(self.conv(pooled).unsqueeze(2))
 
 
