@@ -21,7 +21,9 @@ from .config import TrainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SHAPES: tuple[str, ...] = ("square", "disc", "ring", "cross", "triangle", "frame", "diamond", "bar")
+# Ordered so that the first few classes are the most distinct (ring and frame, both thin
+# outlines, are the hardest pair for a small network and come apart in the list).
+SHAPES: tuple[str, ...] = ("square", "disc", "cross", "triangle", "ring", "bar", "diamond", "frame")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
