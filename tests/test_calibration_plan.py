@@ -26,8 +26,8 @@ def _numel(shape) -> int:
     return math.prod(shape)
 
 
-def _op(name: str, args: tuple, out) -> tuple:
-    """An aten call as the plan describes it: ``(kind, dims)``."""
+def _op(name: str, args: tuple, out, parameters: frozenset = frozenset()) -> tuple:
+    """An aten call as the plan describes it: ``(kind, dims)``; ``parameters``: storages of weights."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if name == "addmm":
         a, b = args[1], args[2]
@@ -40,7 +40,8 @@ def _op(name: str, args: tuple, out) -> tuple:
         return "conv", (x.shape[0], x.shape[1], w.shape[0], x.shape[2], x.shape[3], w.shape[2], args[3][0], args[8])
     if name == "index_select":
         src, dim, index = args
-        return "gather", (_numel(src.shape[:dim]) * index.numel(), _numel(src.shape[dim + 1:]))
+        kind = "slice" if src.untyped_storage().data_ptr() in parameters else "gather"
+        return kind, (_numel(src.shape[:dim]) * index.numel(), _numel(src.shape[dim + 1:]))
     if name in ("index_add_", "index_copy_"):
         index, src = args[2], args[3]
         return "scatter", (index.numel(), _numel(src.shape[1:]))
@@ -58,16 +59,17 @@ def _op(name: str, args: tuple, out) -> tuple:
 class _Recorder(TorchDispatchMode):
     """Records kernel-running aten ops, except those of the maskers (``compute_masks``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, parameters: frozenset = frozenset()) -> None:
         super().__init__()
         self.ops: list[tuple] = []
         self.in_maskers = False
+        self.parameters = parameters
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.__name__.split(".")[0]
         if name not in _VIEWS and not self.in_maskers:
-            self.ops.append(_op(name, args, out))
+            self.ops.append(_op(name, args, out, self.parameters))
         return out
 
 
@@ -86,7 +88,7 @@ def _trace_blocks(model, images):
         for block_shape, block in zip(shape.blocks, engine.blocks):
             source = block._source[0]
             masks = source.compute_masks(x)
-            recorder = _Recorder()
+            recorder = _Recorder(frozenset(b.untyped_storage().data_ptr() for b in block.buffers()))
             compute_masks = source.compute_masks
 
             def traced_masks(inputs, compute_masks=compute_masks, recorder=recorder):

@@ -10,6 +10,9 @@
   activation rate.
 
 The projection shortcut, where a block has one, always runs.
+
+A calibrated profile (``hw.calibrated``) prices instead what the sparse engine runs on that
+device (:mod:`.engine`): the same block, decomposed as :mod:`laudnet.sparse.plan` says.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 
 from ..dynamic.spec import MODES, StageSpec
 from ..models.structure import BlockShape
+from . import engine
 from . import operators as op
 from .hardware import Hardware
 
@@ -26,13 +30,16 @@ from .hardware import Hardware
 class BlockDensity:
     """Fractions of a block's work that run: spatial positions of each conv, kept channels.
 
-    In ``layer`` mode ``conv1`` is the rate at which the block runs.
+    In ``layer`` mode ``conv1`` is the rate at which the block runs. ``conv1_measured`` is false
+    when ``conv1`` merely repeats the gate density (:meth:`uniform`, the paper's convention); a
+    calibrated profile then uses the expected dilation of the cells instead.
     """
 
     conv1: float = 1.0
     conv2: float = 1.0
     conv3: float = 1.0
     channel: float = 1.0
+    conv1_measured: bool = True
 
     def __post_init__(self) -> None:
         for name in ("conv1", "conv2", "conv3", "channel"):
@@ -47,7 +54,7 @@ class BlockDensity:
             return cls()
         spatial = density if mode in ("spatial", "layer", "both") else 1.0
         channel = density if mode in ("channel", "both") else 1.0
-        return cls(spatial, spatial, spatial, channel)
+        return cls(spatial, spatial, spatial, channel, conv1_measured=False)
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,12 @@ def block_latency(hw: Hardware, block: BlockShape, spec: StageSpec, density: Blo
             f"{block.name}: channel granularity {spec.channel_granularity} must be between 1 and the "
             f"block width {block.width}"
         )
-    seconds = _COMPOSERS[spec.mode](hw, block, spec, density)
-    if block.has_projection:
-        seconds["projection"] = op.conv(hw, block.in_channels, block.out_channels, block.out_hw, 1, block.stride)
+    if hw.calibrated:
+        seconds = engine.block_seconds(hw, block, spec, engine.block_work(block, spec, hw.batch_size, density))
+    else:
+        seconds = _COMPOSERS[spec.mode](hw, block, spec, density)
+        if block.has_projection:
+            seconds["projection"] = op.conv(hw, block.in_channels, block.out_channels, block.out_hw, 1, block.stride)
     return BlockLatency(
         name=block.name,
         stage=block.stage,

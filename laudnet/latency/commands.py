@@ -1,15 +1,18 @@
-"""``laudnet latency``, ``laudnet search-granularity`` and ``laudnet latency-plot``."""
+"""``laudnet latency``, ``search-granularity``, ``latency-plot``, and on a calibrated device
+``calibrate``, ``validate-latency`` and ``suggest``."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import sys
 
 from ..dynamic.spec import MODES
 from ..io import atomic_open
 from ..models.commands import add_spec_arguments
-from ..reporting import dumps, format_table
-from .hardware import list_presets
+from ..reporting import dumps, format_table, to_jsonable
+from .hardware import list_presets, save_hardware
 from .model import LatencyReport, predict
 from .search import GranularityResult, search_granularity
 
@@ -17,7 +20,8 @@ PLOT_MODES: tuple[str, ...] = ("spatial", "channel", "layer", "both")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    hardware_help = f"preset ({', '.join(list_presets())}) or path to a YAML spec (default: v100)"
+    hardware_help = (f"preset ({', '.join(list_presets())}), a YAML spec or a profile from `laudnet calibrate` "
+                     "(default: v100)")
 
     parser = subparsers.add_parser(
         "latency",
@@ -68,6 +72,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--points", type=int, default=11, help="densities from 0 to 1 (default 11)")
     parser.set_defaults(func=run_plot)
+
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="benchmark the sparse engine on this device and write a hardware profile",
+        description="Micro-benchmark the sparse engine's operators and time blocks where they run on this device, "
+                    "at a fixed thread count, then fit the hardware model and a correction per operator kind. "
+                    "The profile works as --hardware wherever a preset does. Run it on a quiet machine.",
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device to calibrate (default cpu)")
+    parser.add_argument("-o", "--output", default="my-device.yaml", help="profile to write (default my-device.yaml)")
+    parser.add_argument("--budget", default="5m", help="time for the measurements, e.g. 300, 90s, 5m (default 5m)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores); recorded")
+    parser.add_argument("--name", default=None, help="name of the profile (default: the processor's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_calibrate)
+
+    parser = subparsers.add_parser(
+        "validate-latency",
+        help="compare a calibrated profile's predictions with measured engine latency",
+        description="Time the sparse engine on configurations the calibration did not see and report predicted "
+                    "against measured latency: per-block error distribution, fraction within 10%%, whole-model "
+                    "errors, Spearman rank correlation; with -o a JSON report and a scatter plot.",
+    )
+    parser.add_argument("--hardware", required=True, help="a profile written by `laudnet calibrate`")
+    parser.add_argument("-o", "--output", default=None, help="folder for validation.json and validation.png")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: what fits --budget)")
+    parser.add_argument("--budget", default="4m", help="time for the measurements when --repeats is not given")
+    parser.add_argument("--per-block", action="store_true", help="print every block")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run_validate)
+
+    parser = subparsers.add_parser(
+        "suggest",
+        help="the mode, granularities and density predicted to meet a latency target, as a training config",
+        description="Search the dynamic modes, the per-stage granularity and the gate density whose predicted "
+                    "whole-model latency meets --target-ms on --hardware, keep the one computing the most, and "
+                    "write it as a training config (laudnet train --config).",
+    )
+    parser.add_argument("model", help="model name, e.g. laud_resnet50")
+    parser.add_argument("--hardware", required=True, help=hardware_help)
+    parser.add_argument("--target-ms", type=float, required=True, help="latency target, ms per batch")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--input", type=int, default=224, help="input size N (NxN; default 224)")
+    parser.add_argument("--modes", default="-".join(PLOT_MODES), help=f"dash-separated modes to try "
+                                                                       f"(default {'-'.join(PLOT_MODES)})")
+    parser.add_argument("-o", "--output", default=None, help="training config to write (default: <model>-<T>ms.yaml)")
+    parser.add_argument("--measure", action="store_true",
+                        help="also time the suggestion with the sparse engine here (a calibrated profile's device)")
+    parser.add_argument("--json", action="store_true", help="print the suggestion as JSON")
+    parser.set_defaults(func=run_suggest)
 
 
 def _add_common(parser: argparse.ArgumentParser, hardware_help: str) -> None:
@@ -207,3 +262,152 @@ def run_plot(args: argparse.Namespace) -> int:
         handle.write(buffer.getvalue())
     print(f"wrote {args.output}")
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"300"``, ``"90s"``, ``"5m"`` or ``"1h"``."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"duration: expected seconds or a number with s, m or h (e.g. 5m), got {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return seconds
+
+
+class _Bars:
+    """tqdm bars for the stages of a long measurement, or nothing with ``enabled=False``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=True)
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def stage(self, name: str):
+        return lambda done, total: self(name, done, total)
+
+
+def _load_warning(load: tuple[float, ...]) -> str | None:
+    cores = os.cpu_count() or 1
+    if load[0] > 0.3 * cores:
+        return (f"warning: load average {load[0]:.2f} on {cores} cores: other processes will slow the measurements "
+                "(run on a quiet machine)")
+    return None
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+
+    budget = parse_duration(args.budget)
+    warning = _load_warning(os.getloadavg())
+    if warning:
+        print(warning, file=sys.stderr)
+    result = calibrate(args.device, threads=args.threads, budget_s=budget, name=args.name,
+                       progress=_Bars(not args.no_progress))
+    save_hardware(result.hardware, args.output, result.record)
+    hw = result.hardware
+    print(f"{hw.name}: {args.device}, {hw.engine.threads} threads; fitted {hw.frequency_hz / 1e9:.2f} GHz x "
+          f"{hw.n_pes} PEs x {hw.lanes_per_pe:g} lanes, DRAM {hw.dram_bandwidth / 1e9:.1f} GB/s, "
+          f"L2 x{hw.l2_bandwidth_ratio:.2f}, launch {hw.launch_time_s * 1e6:.2f} us")
+    rows = [[k.kind, k.samples, 100 * k.analytic_error, 100 * k.calibrated_error] for k in result.kinds]
+    print(format_table(["operator kind", "benchmarks", "analytic err %", "calibrated err %"], rows, floatfmt=".1f"))
+    print(f"blocks where they run: median error {100 * result.block_error:.1f}% over "
+          f"{sum(1 for s in result.block_samples if s.label.startswith('block'))} blocks")
+    print(f"load average before {result.record['load_before'][0]:.2f}, after {result.record['load_after'][0]:.2f}")
+    print(f"wrote {args.output}: use it as --hardware {args.output}")
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from .validate import validate, write_report
+
+    bars = _Bars(not args.no_progress and not args.json)
+    report = validate(args.hardware, repeats=args.repeats, budget_s=parse_duration(args.budget),
+                      progress=bars.stage("measurements"))
+    written = write_report(report, args.output) if args.output else ()
+    if args.json:
+        print(dumps(report))
+        return 0
+    print(f"{report.hardware}: {report.device}, {report.threads} threads, {report.repeats} rounds; load average "
+          f"before {report.load_before[0]:.2f}, after {report.load_after[0]:.2f}")
+    if args.per_block:
+        print(format_table(["configuration", "block", "predicted ms", "measured ms", "error %"],
+                           [[b.config, b.block, b.predicted_ms, b.measured_ms, 100 * b.error] for b in report.blocks]))
+        print()
+    print(format_table(["configuration", "predicted ms", "measured ms", "error %"],
+                       [[m.config, m.predicted_ms, m.measured_ms, 100 * m.error] for m in report.models]))
+    q = report.error_quantiles
+    print(f"\nblocks: {len(report.blocks)}, within ±10%: {100 * report.within_10:.1f}%, median |error| "
+          f"{100 * report.median_abs_error:.1f}%, error quantiles 5/25/50/75/95%: "
+          + " / ".join(f"{100 * q[k]:+.1f}%" for k in ("p5", "p25", "p50", "p75", "p95")))
+    print(f"Spearman rank correlation (blocks): {report.spearman:.4f}")
+    print(f"the device itself: two measurement passes of each block agree within ±10% for "
+          f"{100 * report.repeat_within_10:.1f}% of blocks (median difference {100 * report.repeat_median:.1f}%)")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    from .suggest import suggest, write_config
+
+    modes = tuple(m for m in args.modes.split("-") if m)
+    result = suggest(args.model, args.hardware, args.target_ms, batch=args.batch, input_size=args.input, modes=modes)
+    output = args.output or f"{args.model}-{args.target_ms:g}ms.yaml"
+    write_config(result, output)
+    measured = _measure_suggestion(result, args.hardware) if args.measure else None
+    if args.json:
+        print(dumps({**to_jsonable(result), "config": result.train_config(), "written": output,
+                     "measured_ms": measured}))
+        return 0
+    print(f"{result.model} on {result.hardware}, batch {result.batch}, {result.input_size}x{result.input_size}: "
+          f"target {result.target_ms:g} ms (static: {result.static_ms:.2f} ms)")
+    rows = [[o.mode, "yes" if o.feasible else "no", o.spec.describe().split(" ", 1)[-1] if o.mode != "layer" else "-",
+             o.density, o.predicted_ms, o.macs_ratio] for o in result.options]
+    print(format_table(["mode", "meets", "granularity", "density", "predicted ms", "MACs ratio"], rows))
+    c = result.choice
+    print(f"\nsuggested: {c.spec.describe()}, every gate at density {c.density:.3f}, predicted {c.predicted_ms:.2f} ms, "
+          f"MACs ratio {c.macs_ratio:.3f} (the training target)")
+    if measured is not None:
+        print(f"measured with the engine here: {measured:.2f} ms ({100 * (measured / result.target_ms - 1):+.1f}% "
+              f"vs the target)")
+    print(f"wrote {output}: laudnet train --config {output}")
+    return 0
+
+
+def _measure_suggestion(result, hardware: str) -> float:
+    """Median engine latency of the suggestion on this device, at the profile's thread count."""
+    import torch
+
+    from .hardware import get_hardware
+    from .measure import EngineConfig, measure_engines
+
+    hw = get_hardware(hardware)
+    if not hw.calibrated:
+        raise ValueError(f"--measure needs a calibrated profile (laudnet calibrate); {hw.name} is not one")
+    spec = result.choice.spec
+    config = EngineConfig(result.model, (result.input_size, result.input_size), spec, result.choice.density,
+                          result.batch)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(hw.engine.threads)
+    try:
+        (measurement,) = measure_engines([config], repeats=30, device=hw.engine.device)
+    finally:
+        torch.set_num_threads(previous)
+    return measurement.model_ms

@@ -9,7 +9,12 @@ memory moves in transactions of ``transaction_words`` FP32 words; every kernel c
 up (``"add"``) or overlap (``"max"``).
 
 A :class:`Hardware` is a plain frozen dataclass of numbers, so it can be fitted to
-measurements, hashed as a cache key and round-tripped through YAML.
+measurements, hashed as a cache key and round-tripped through YAML. A profile calibrated on a
+device (``laudnet calibrate``) adds ``engine``: the device and thread count it was measured with
+and the fitted cost of each of the sparse engine's operator kinds (:mod:`.costs`); such a profile
+predicts the engine's execution of a model on that device rather than the paper's GPU kernels.
+YAML files may also carry ``calibration``, a record of how the profile was made, which prediction
+ignores.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from typing import Any, Union
 import yaml
 
 from ..io import write_text
+from .costs import EngineCosts
 
 LATENCY_MODES: tuple[str, ...] = ("add", "max")
+RECORD_KEY = "calibration"
 
 HardwareLike = Union[str, os.PathLike, "Hardware"]
 
@@ -44,12 +51,15 @@ class Hardware:
     launch_time_s: float = 8e-6
     batch_size: int = 1
     latency_mode: str = "add"
+    engine: EngineCosts | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"hardware name: expected a non-empty string, got {self.name!r}")
+        if self.engine is not None and not isinstance(self.engine, EngineCosts):
+            raise ValueError(f"hardware {self.name}: engine must be EngineCosts, got {type(self.engine).__name__}")
         for f in dataclasses.fields(self):
-            if f.name in ("name", "latency_mode"):
+            if f.name in ("name", "latency_mode", "engine"):
                 continue
             value = getattr(self, f.name)
             integral = f.type in ("int", int)
@@ -84,8 +94,16 @@ class Hardware:
         """The same device predicting for another batch size."""
         return dataclasses.replace(self, batch_size=batch_size)
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether this profile prices the sparse engine's operations on a measured device."""
+        return self.engine is not None
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "engine"}
+        if self.engine is not None:
+            values["engine"] = self.engine.to_dict()
+        return values
 
 
 PRESETS: dict[str, Hardware] = {
@@ -135,26 +153,58 @@ def load_hardware(path: Union[str, os.PathLike]) -> Hardware:
     if not isinstance(data, dict):
         raise ValueError(f"hardware spec {path}: expected a mapping of parameters, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(Hardware)}
-    unknown = sorted(set(map(str, data)) - set(fields))
+    known = list(fields) + [RECORD_KEY]
+    unknown = sorted(set(map(str, data)) - set(known))
     if unknown:
-        raise ValueError(f"hardware spec {path}: unknown keys {', '.join(unknown)}; known keys are {', '.join(fields)}")
+        raise ValueError(f"hardware spec {path}: unknown keys {', '.join(unknown)}; known keys are {', '.join(known)}")
     required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n != "name"]
     missing = [n for n in required if n not in data]
     if missing:
         raise ValueError(f"hardware spec {path}: missing {', '.join(missing)}")
+    if not isinstance(data.get(RECORD_KEY, {}), dict):
+        raise ValueError(f"hardware spec {path}: {RECORD_KEY} must be a mapping")
     values = {"name": str(data.get("name", path.stem))}
-    for key, value in data.items():
-        if key != "name":
-            values[key] = _coerce(path, key, value, fields[key].type)
     try:
+        for key, value in data.items():
+            if key == "engine":
+                values[key] = _engine(value)
+            elif key not in ("name", RECORD_KEY):
+                values[key] = _coerce(path, key, value, fields[key].type)
         return Hardware(**values)
     except ValueError as error:
-        raise ValueError(f"hardware spec {path}: {error}") from None
+        message = str(error)
+        prefix = f"hardware spec {path}: "
+        raise ValueError(message if message.startswith(prefix) else prefix + message) from None
 
 
-def save_hardware(hardware: Hardware, path: Union[str, os.PathLike]) -> None:
-    """Write ``hardware`` as a YAML spec that :func:`load_hardware` reads back unchanged."""
-    write_text(path, yaml.safe_dump(hardware.to_dict(), sort_keys=False))
+def load_record(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The ``calibration`` record of a profile (empty for a hand-written spec)."""
+    load_hardware(path)  # the same checks, the same errors
+    return dict(yaml.safe_load(Path(path).read_text()).get(RECORD_KEY) or {})
+
+
+def save_hardware(
+    hardware: Hardware, path: Union[str, os.PathLike], record: dict[str, Any] | None = None
+) -> None:
+    """Write ``hardware`` (and a ``calibration`` record) as YAML that :func:`load_hardware` reads back
+    unchanged; atomically, so a profile is never half-written."""
+    values = hardware.to_dict()
+    if record:
+        values[RECORD_KEY] = record
+    write_text(path, yaml.safe_dump(values, sort_keys=False))
+
+
+def _engine(value: Any) -> EngineCosts:
+    """The ``engine`` section: device, threads and per-kind costs."""
+    if not isinstance(value, dict):
+        raise ValueError(f"engine must be a mapping with device, threads and costs, got {value!r}")
+    unknown = sorted(set(map(str, value)) - {"device", "threads", "costs"})
+    if unknown:
+        raise ValueError(f"engine: unknown keys {', '.join(unknown)}; known keys are device, threads, costs")
+    missing = [k for k in ("device", "threads") if k not in value]
+    if missing:
+        raise ValueError(f"engine: missing {', '.join(missing)}")
+    return EngineCosts.build(value["device"], value["threads"], value.get("costs") or {})
 
 
 def _coerce(path: Path, key: str, value: Any, kind: Any) -> Any:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..dynamic.spec import DynamicSpec, PerStage
 from ..models.structure import InputSize, ModelShape, model_shape, parse_input_size
+from . import engine
 from . import operators as op
 from .blocks import BlockDensity, BlockLatency, block_latency
 from .hardware import Hardware, HardwareLike, get_hardware
@@ -163,6 +164,8 @@ def _resolve_densities(
 
 
 def _stem_ms(hw: Hardware, shape: ModelShape) -> float:
+    if hw.calibrated:
+        return 1e3 * engine.stem_seconds(hw, shape)
     seconds = sum(
         op.conv(hw, c.in_channels, c.out_channels, c.out_hw, c.kernel, c.stride, c.groups) for c in shape.stem
     )
@@ -173,6 +176,8 @@ def _stem_ms(hw: Hardware, shape: ModelShape) -> float:
 
 
 def _head_ms(hw: Hardware, shape: ModelShape) -> float:
+    if hw.calibrated:
+        return 1e3 * engine.head_seconds(hw, shape)
     last = shape.blocks[-1]
     seconds = op.pool(hw, last.out_channels, last.out_hw, (1, 1))
     seconds += op.fc(hw, shape.head.in_channels, shape.head.out_channels)

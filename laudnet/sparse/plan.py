@@ -15,7 +15,8 @@ Sizes (``EngineOp.dims``) per kind:
 * ``grouped_matmul``: ``(groups, m, k, n)``, one such product per conv group (batched);
 * ``conv``: ``(batch, in_channels, out_channels, in_h, in_w, kernel, stride, groups)``, padding
   ``kernel // 2``, channels-last;
-* ``gather``: ``(rows, width)``, ``rows`` slices of ``width`` values selected by index;
+* ``gather``: ``(rows, width)``, ``rows`` slices of ``width`` values of an activation selected by index;
+* ``slice``: ``(rows, width)``, the same on a parameter (channel-sliced weights and biases);
 * ``scatter``: ``(rows, width)``, rows copied or added into a larger buffer by index;
 * ``elementwise``: ``(elements,)``, one pass (activation, bias, copy, zeros, index arithmetic);
 * ``reduce``: ``(elements_in, elements_out)``, a mean;
@@ -40,10 +41,10 @@ import numpy as np
 from ..dynamic.geometry import grid_size
 from ..dynamic.spec import StageSpec
 from ..models.blocks import BlockMasks
-from ..models.structure import BlockShape, ModelShape
+from ..models.structure import BlockShape, ModelShape, conv_output_hw
 
 OP_KINDS: tuple[str, ...] = (
-    "matmul", "grouped_matmul", "conv", "gather", "scatter", "elementwise", "reduce", "max_pool",
+    "matmul", "grouped_matmul", "conv", "gather", "slice", "scatter", "elementwise", "reduce", "max_pool",
     "spatial_masker", "channel_masker",
 )
 
@@ -68,12 +69,59 @@ class EngineOp:
             return g * m * k * n
         if self.kind == "conv":
             b, cin, cout, h, w, kernel, stride, groups = self.dims
-            oh, ow = _conv_out(h, stride), _conv_out(w, stride)
+            oh, ow = conv_output_hw((h, w), kernel, stride, kernel // 2)
             return b * oh * ow * cout * (cin // groups) * kernel * kernel
         return 0
 
+    @property
+    def traffic(self) -> "Traffic":
+        """The data one execution moves."""
+        kind, d = self.kind, self.dims
+        if kind == "matmul":
+            m, k, n = d
+            return Traffic(m * k, k * n, m * n)
+        if kind == "grouped_matmul":
+            g, m, k, n = d
+            return Traffic(g * m * k, g * k * n, g * m * n)
+        if kind == "conv":
+            b, cin, cout, h, w, kernel, stride, groups = d
+            oh, ow = conv_output_hw((h, w), kernel, stride, kernel // 2)
+            return Traffic(b * cin * h * w, cout * (cin // groups) * kernel * kernel, b * cout * oh * ow)
+        if kind in ("gather", "scatter"):
+            rows, width = d
+            return Traffic(rows * width, 0, rows * width, rows)
+        if kind == "slice":
+            rows, width = d
+            return Traffic(0, rows * width, rows * width, rows)
+        if kind == "elementwise":
+            return Traffic(d[0], 0, d[0])
+        if kind == "reduce":
+            return Traffic(d[0], 0, d[1])
+        if kind == "max_pool":
+            b, c, h, w = d
+            oh, ow = conv_output_hw((h, w), 3, 2, 1)
+            return Traffic(b * c * h * w, 0, b * c * oh * ow)
+        if kind == "spatial_masker":
+            b, cin, h, w = d[:4]
+            return Traffic(b * cin * h * w, 2 * cin, b * h * w)
+        if kind == "channel_masker":
+            b, cin, h, w, hidden, groups = d
+            return Traffic(b * cin * h * w, cin * hidden + hidden * 2 * groups, b * groups)
+        raise ValueError(f"unknown operation kind {kind!r}; known kinds are {', '.join(OP_KINDS)}")
+
     def times(self, count: float) -> "EngineOp":
         return replace(self, count=self.count * count)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Values one operation reads (``inputs``: activations, ``weights``: parameters), values it
+    writes (``outputs``) and rows it addresses by index (``rows``)."""
+
+    inputs: int
+    weights: int
+    outputs: int
+    rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,10 +138,6 @@ class BlockWork:
     conv1_rows: int
     conv3_rows: int
     channels: int
-
-
-def _conv_out(size: int, stride: int) -> int:
-    return (size - 1) // stride + 1
 
 
 def full_work(block: BlockShape, batch: int) -> BlockWork:
@@ -302,27 +346,27 @@ class _Planner:
         b = self.block
         c = b.width if channels is None else channels
         ops = [] if channels is None else [
-            EngineOp("gather", "conv1", (c, b.in_channels)), EngineOp("gather", "conv1", (c, 1))
+            EngineOp("slice", "conv1", (c, b.in_channels)), EngineOp("slice", "conv1", (c, 1))
         ]
         return ops + [EngineOp("matmul", "conv1", (rows, b.in_channels, c)), EngineOp("elementwise", "conv1", (rows * c,))]
 
     def conv2_weight(self, channels: int) -> list[EngineOp]:
         """``SparseBlock._conv2_weight``: the active outputs' (and inputs') weights, and their bias."""
         if self.block.groups > 1:
-            ops = [EngineOp("gather", "conv2", (channels, self.group_width * 9))]
+            ops = [EngineOp("slice", "conv2", (channels, self.group_width * 9))]
         else:
             pairs = channels * (channels // self.group)
             ops = [
                 EngineOp("elementwise", "conv2", (channels,)),
                 EngineOp("elementwise", "conv2", (pairs,)),
-                EngineOp("gather", "conv2", (pairs, self.group * 9)),
+                EngineOp("slice", "conv2", (pairs, self.group * 9)),
             ]
-        return ops + [EngineOp("gather", "conv2", (channels, 1))]
+        return ops + [EngineOp("slice", "conv2", (channels, 1))]
 
     def conv3(self, rows: int, channels: int | None) -> list[EngineOp]:
         b = self.block
         c = b.width if channels is None else channels
-        ops = [] if channels is None else [EngineOp("gather", "conv3", (c, b.out_channels))]
+        ops = [] if channels is None else [EngineOp("slice", "conv3", (c, b.out_channels))]
         return ops + [EngineOp("matmul", "conv3", (rows, c, b.out_channels))]
 
     def se(self, samples: int, channels: int | None) -> list[EngineOp]:
@@ -330,7 +374,7 @@ class _Planner:
         b = self.block
         c, s = (b.width if channels is None else channels), b.se_channels
         ops = [] if channels is None else [
-            EngineOp("gather", "se", (c, s)), EngineOp("gather", "se", (c, s)), EngineOp("gather", "se", (c, 1))
+            EngineOp("slice", "se", (c, s)), EngineOp("slice", "se", (c, s)), EngineOp("slice", "se", (c, 1))
         ]
         return ops + [
             EngineOp("matmul", "se", (samples, c, s)),
@@ -370,14 +414,14 @@ class _Planner:
         """``SparseBlock._conv2_cols``: conv2 as one product on the gathered windows (batched if grouped)."""
         b = self.block
         c = b.width if channels is None else channels
-        ops = [] if channels is None else [EngineOp("gather", "conv2", (c, 1))]
+        ops = [] if channels is None else [EngineOp("slice", "conv2", (c, 1))]
         if b.groups == 1:
             if channels is not None:
-                ops += [EngineOp("gather", "conv2", (_TAPS * c, b.width)), EngineOp("gather", "conv2", (_TAPS * c * c, 1))]
+                ops += [EngineOp("slice", "conv2", (_TAPS * c, b.width)), EngineOp("gather", "conv2", (_TAPS * c * c, 1))]
             return ops + [EngineOp("matmul", "conv2", (n3, _TAPS * c, c))]
         gw, groups = self.group_width, c // self.group_width
         if channels is not None:
-            ops.append(EngineOp("gather", "conv2", (groups, _TAPS * gw * gw)))
+            ops.append(EngineOp("slice", "conv2", (groups, _TAPS * gw * gw)))
         product = EngineOp("grouped_matmul", "conv2", (groups, n3, _TAPS * gw, gw))
         if groups == 1:  # regrouping the windows and the outputs are views
             return ops + [product]

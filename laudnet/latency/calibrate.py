@@ -1,0 +1,454 @@
+"""Calibrating the latency predictor on this device: micro-benchmarks of the engine's operators, a fit.
+
+``calibrate`` (``laudnet calibrate``) measures, within a time budget and at a fixed thread count:
+
+1. **Operators**: the primitive operations of the sparse engine (:mod:`laudnet.sparse.plan`) over
+   a spread of shapes drawn from the plans of the fitting configurations (:data:`FIT_CONFIGS`):
+   dense 1×1 (products on rows), 3×3 and grouped convolutions, products on gathered windows at
+   several densities and granularities, channel-sliced weights, gathers, scatter-adds, maskers,
+   pooling, element-wise passes. Each timed call starts with its input in cache and its weights and
+   output buffer out of it, as in a forward pass (:func:`time_operators`); calls are timed in
+   interleaved rounds and the fastest kept (:func:`~laudnet.latency.measure.fastest`).
+2. **Blocks where they run**: the fitting configurations, whole models timed block by block
+   (:mod:`.measure`), for what no single operator shows: the Python cost of a block and of a
+   model call, and caches as a real forward pass leaves them.
+
+Then it fits, in two steps: the analytic hardware model's parameters (clock, DRAM bandwidth, L2
+ratio, launch time; the PEs are the threads) to the operator timings, by least squares on the log
+of the time; and a correction per operator kind (:mod:`.costs`): non-negative weights of a few
+time features, by least squares on relative errors over operators and blocks together, pulled
+(ridge) towards the analytic model itself so that a kind with little data stays analytic.
+
+The result is a profile (a :class:`Hardware` with ``engine`` costs) for this device and this
+thread count, written as YAML with a record of how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import least_squares, nnls
+
+from ..dynamic.spec import StageSpec
+from ..models.resnet import LaudBottleneck
+from ..models.structure import BlockShape, model_shape
+from ..sparse.plan import EngineOp, block_ops, expected_work, head_ops, stem_ops
+from . import engine
+from .costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
+from .hardware import Hardware
+from .measure import EngineConfig, EngineMeasurement, fastest, measure_engines
+
+log = logging.getLogger(__name__)
+
+# Configurations the calibration measures: their operators are benchmarked and their blocks timed
+# where they run. Validation holds out every configuration listed here (see ``validate``).
+FIT_CONFIGS: tuple[EngineConfig, ...] = (
+    EngineConfig.build("laud_resnet50", 224, "static"),
+    EngineConfig.build("laud_resnet50", 224, "spatial", "2", density=0.5),
+    EngineConfig.build("laud_resnet50", 224, "channel", channel_granularity="4", density=0.5),
+    EngineConfig.build("laud_resnet50", 224, "layer", density=0.5),
+    EngineConfig.build("laud_resnet50", 224, "both", "4-4-2-1", "8", density=0.6),
+    EngineConfig.build("laud_resnet50", 160, "spatial", "1", density=0.3),
+    EngineConfig.build("laud_regnet_y_400mf", 224, "spatial", "1", density=0.5),
+    EngineConfig.build("laud_regnet_y_400mf", 224, "layer", density=0.5),
+    EngineConfig.build("laud_regnet_y_800mf", 224, "static"),
+    EngineConfig.build("laud_regnet_y_800mf", 224, "channel", channel_granularity="16", density=0.4),
+    EngineConfig.build("laud_regnet_y_800mf", 192, "both", "2", "16", density=0.7),
+)
+# Operator shapes come from these configurations' plans, at these densities as well.
+OPERATOR_DENSITIES: tuple[float, ...] = (0.1, 0.3, 0.5, 0.8)
+OPERATORS_PER_KIND = 80
+BUDGET_SHARE_OPERATORS = 0.5
+MIN_REPEATS, MAX_REPEATS = 5, 51
+# Parameters of the analytic model fitted on the operators (log-space least squares), with bounds.
+FITTED_PARAMETERS: dict[str, tuple[float, float]] = {
+    "frequency_hz": (1e7, 1e12),
+    "dram_bandwidth": (1e7, 1e14),
+    "l2_bandwidth_ratio": (0.1, 1e3),
+    "launch_time_s": (1e-8, 1e-2),
+}
+RIDGE = 1.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured time and what ran in it: engine operations (with counts), calls priced as
+    overheads (``calls``: overhead kind → count), and whether the engine's Python ran the operations
+    (``in_engine``: each pays the ``glue``) or a micro-benchmark did."""
+
+    label: str
+    seconds: float
+    ops: tuple[EngineOp, ...]
+    calls: tuple[tuple[str, float], ...] = ()
+    in_engine: bool = False
+
+
+@dataclass(frozen=True)
+class KindFit:
+    """How well the analytic model alone and the calibrated profile describe one operator kind:
+    median absolute relative error over its operator benchmarks."""
+
+    kind: str
+    samples: int
+    analytic_error: float
+    calibrated_error: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted profile, the samples it was fitted on, and how well it fits them."""
+
+    hardware: Hardware
+    operator_samples: tuple[Sample, ...]
+    block_samples: tuple[Sample, ...]
+    kinds: tuple[KindFit, ...]
+    block_error: float
+    record: dict
+
+
+# ---------------------------------------------------------------------------- operators
+
+
+@dataclass
+class _Runner:
+    """A micro-benchmark: ``call()`` runs the operation; ``hot`` are the activations it reads, which
+    in a forward pass the operation before has just written."""
+
+    op: EngineOp
+    call: Callable[[], object]
+    hot: tuple[torch.Tensor, ...]
+
+
+def operator_cases(
+    configs: Sequence[EngineConfig] = FIT_CONFIGS, per_kind: int = OPERATORS_PER_KIND, seed: int = 0,
+) -> list[tuple[EngineOp, BlockShape | None, StageSpec | None]]:
+    """Operations to benchmark: those of the configurations' plans at several densities, at most
+    ``per_kind`` per kind (the largest half and a spread of the rest); maskers with the block and
+    spec that make them."""
+    found: dict[tuple, tuple[EngineOp, BlockShape | None, StageSpec | None]] = {}
+    for config in configs:
+        shape = model_shape(config.model, config.input_size)
+        for op in stem_ops(shape, config.batch) + head_ops(shape, config.batch):
+            found.setdefault((op.kind, op.dims), (op, None, None))
+        for block in shape.blocks:
+            spec = config.spec.stages[block.stage]
+            for density in OPERATOR_DENSITIES + (config.density,):
+                work = expected_work(block, spec, config.batch, cells=density, channel=density)
+                for op in block_ops(block, spec, work):
+                    found.setdefault((op.kind, op.dims), (op, block, spec))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for kind in OP_KINDS:
+        cases = sorted((c for c in found.values() if c[0].kind == kind), key=lambda c: _size(c[0]))
+        if len(cases) > per_kind:
+            # The largest half (they make most of a block's time), the rest spread evenly over the sizes.
+            large, rest = cases[len(cases) - per_kind // 2:], cases[: len(cases) - per_kind // 2]
+            edges = np.linspace(0, len(rest), per_kind - len(large) + 1).astype(int)
+            cases = [rest[int(rng.integers(lo, hi))] for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo] + large
+        chosen.extend(cases)
+    return chosen
+
+
+def _size(op: EngineOp) -> float:
+    data = op.traffic
+    return float(op.macs + data.inputs + data.weights + data.outputs)
+
+
+def make_runner(op: EngineOp, block: BlockShape | None, spec: StageSpec | None, device: str,
+                generator: torch.Generator) -> _Runner:
+    """A micro-benchmark running ``op`` with the engine's own torch calls on random data."""
+
+    def randn(*shape, channels_last: bool = False) -> torch.Tensor:
+        t = torch.randn(*shape, generator=generator).to(device)
+        return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+    def rows(total: int, count: int) -> torch.Tensor:
+        return torch.randperm(total, generator=generator)[:count].sort().values.to(device)
+
+    kind, d = op.kind, op.dims
+    if kind == "matmul":
+        m, k, n = d
+        a, w, bias = randn(m, k), randn(k, n), randn(n)
+        return _Runner(op, lambda: torch.addmm(bias, a, w), (a,))
+    if kind == "grouped_matmul":
+        g, m, k, n = d
+        a, w, bias = randn(g, m, k), randn(g, k, n), randn(g, 1, n)
+        return _Runner(op, lambda: torch.baddbmm(bias, a, w), (a,))
+    if kind == "conv":
+        b, cin, cout, h, w_, kernel, stride, groups = d
+        x, bias = randn(b, cin, h, w_, channels_last=True), randn(cout)
+        w = randn(cout, cin // groups, kernel, kernel, channels_last=True)
+        return _Runner(op, lambda: F.conv2d(x, w, bias, stride, kernel // 2, 1, groups), (x,))
+    if kind in ("gather", "slice"):  # a parameter (slice) is cold, an activation (gather) was just written
+        count, width = d
+        src, index = randn(max(2 * count, 1), width), rows(max(2 * count, 1), count)
+        return _Runner(op, lambda: src.index_select(0, index), (index, src) if kind == "gather" else (index,))
+    if kind == "scatter":
+        count, width = d
+        dst, values, index = randn(max(2 * count, 1), width), randn(count, width), rows(max(2 * count, 1), count)
+        return _Runner(op, lambda: dst.index_add_(0, index, values), (dst, values, index))
+    if kind == "elementwise":
+        x = randn(max(d[0], 1))
+        return _Runner(op, lambda: x.relu_(), (x,))
+    if kind == "reduce":
+        n_in, n_out = d
+        x = randn(1, n_in // n_out, n_out)
+        return _Runner(op, lambda: x.mean(dim=1), (x,))
+    if kind == "max_pool":
+        x = randn(*d, channels_last=True)
+        return _Runner(op, lambda: F.max_pool2d(x, 3, 2, 1), (x,))
+    if kind in ("spatial_masker", "channel_masker"):
+        module = LaudBottleneck(block.in_channels, block.width, block.stride, False, name="bench", stage=0, spec=spec)
+        module = module.to(device).eval()
+        if kind == "spatial_masker":
+            module.masker_channel = None
+        else:
+            module.masker_spatial = None
+        x = randn(d[0], block.in_channels, *block.in_hw, channels_last=True)
+        return _Runner(op, lambda: module.compute_masks(x), (x,))
+    raise ValueError(f"unknown operation kind {kind!r}")
+
+
+def flush_buffer(device: str) -> torch.Tensor:
+    """A buffer four times the size of a core's private cache (CPU L2, GPU L2): writing it evicts
+    the data an operation left there, not the code and small state a forward pass keeps warm."""
+    if torch.device(device).type == "cuda":
+        size = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+    else:
+        size = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
+    return torch.empty(4 * max(size, 1 << 20) // 4, device=device)
+
+
+def time_operators(
+    runners: Sequence[_Runner], budget_s: float, device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[float]:
+    """Seconds of each runner, fastest of interleaved rounds: as many as fit ``budget_s``, between
+    :data:`MIN_REPEATS` and :data:`MAX_REPEATS`, after a warm-up round.
+
+    Before each timed call the private cache is flushed (:func:`flush_buffer`) and the runner's
+    activations rewritten, so it starts as in a forward pass: its input in cache (the previous
+    operation wrote it), its weights and output buffer not.
+    """
+    cuda = torch.device(device).type == "cuda"
+    flush = flush_buffer(device)
+
+    def timed(runner: _Runner) -> float:
+        flush.fill_(1.0)
+        for tensor in runner.hot:
+            tensor.add_(0)
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        runner.call()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        for runner in runners:
+            runner.call()
+            timed(runner)
+        round_s = (time.perf_counter() - start) / 1.5  # a round makes one call per runner, not two
+        repeats = int(min(MAX_REPEATS, max(MIN_REPEATS, budget_s / max(round_s, 1e-9))))
+        samples: list[list[float]] = [[] for _ in runners]
+        for done in range(repeats):
+            for values, runner in zip(samples, runners):
+                values.append(timed(runner))
+            if progress is not None:
+                progress(done + 1, repeats)
+    return [fastest(values) for values in samples]
+
+
+# ---------------------------------------------------------------------------- fitting
+
+
+def fit_hardware(base: Hardware, samples: Sequence[Sample]) -> Hardware:
+    """The analytic model's parameters (:data:`FITTED_PARAMETERS`) that best explain the
+    single-operator ``samples``: least squares on log time, from ``base``'s values."""
+    ops = [s.ops[0] for s in samples]
+    measured = np.log([s.seconds for s in samples])
+    names = list(FITTED_PARAMETERS)
+    low = np.log([FITTED_PARAMETERS[n][0] for n in names])
+    high = np.log([FITTED_PARAMETERS[n][1] for n in names])
+
+    def hardware(x: np.ndarray) -> Hardware:
+        return dataclasses.replace(base, engine=None, **{n: float(np.exp(v)) for n, v in zip(names, x)})
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        hw = hardware(x)
+        return np.log([engine.analytic_seconds(hw, op) for op in ops]) - measured
+
+    start = np.clip(np.log([getattr(base, n) for n in names]), low + 1e-9, high - 1e-9)
+    result = least_squares(residuals, start, bounds=(low, high), x_scale=1.0, diff_step=1e-4, max_nfev=400)
+    return dataclasses.replace(hardware(result.x), engine=base.engine)
+
+
+def _columns() -> list[tuple[str, str]]:
+    return [(kind, name) for kind in OP_KINDS + OVERHEAD_KINDS for name in kind_features(kind)]
+
+
+def design_row(hw: Hardware, sample: Sample) -> np.ndarray:
+    """The features of everything that ran in ``sample``, in seconds, one column per (kind, feature)."""
+    columns = {c: i for i, c in enumerate(_columns())}
+    row = np.zeros(len(columns))
+    for op in sample.ops:
+        features = engine.op_features(hw, op)
+        for name, value in zip(FEATURES, features):
+            row[columns[(op.kind, name)]] += op.count * value
+    for kind, count in sample.calls:
+        row[columns[(kind, "launch")]] += count * hw.launch_time_s
+    if sample.in_engine:
+        row[columns[("glue", "launch")]] += sum(op.count for op in sample.ops) * hw.launch_time_s
+    return row
+
+
+def fit_costs(hw: Hardware, samples: Sequence[Sample], device: str, threads: int, ridge: float = RIDGE) -> EngineCosts:
+    """Non-negative weights of every kind's features that best explain ``samples`` (relative least
+    squares), pulled towards the analytic model (:func:`~laudnet.latency.costs.prior_coefficients`)."""
+    columns = _columns()
+    matrix = np.array([design_row(hw, s) for s in samples]) / np.array([[s.seconds] for s in samples])
+    prior = np.array([prior_coefficients(kind)[name] for kind, name in columns])
+    norms = np.linalg.norm(matrix, axis=0)
+    used = norms > 0
+    scaled = matrix[:, used] / norms[used]
+    target = np.ones(len(samples))
+    # A column scaled to unit norm has a root-mean-square of 1/sqrt(n) per sample: the prior weighs
+    # as much as ``ridge`` samples would.
+    strength = np.sqrt(ridge / len(samples))
+    system = np.vstack([scaled, strength * np.eye(int(used.sum()))])
+    rhs = np.concatenate([target, strength * prior[used] * norms[used]])
+    solution, _ = nnls(system, rhs, maxiter=50 * system.shape[1])
+    weights = prior.copy()
+    weights[used] = solution / norms[used]
+    table: dict[str, dict[str, float]] = {}
+    for (kind, name), value in zip(columns, weights):
+        table.setdefault(kind, {})[name] = float(value)
+    return EngineCosts.build(device, threads, table)
+
+
+def predicted_seconds(hw: Hardware, sample: Sample) -> float:
+    """What a calibrated ``hw`` predicts for ``sample``."""
+    weights = np.array([hw.engine.of(kind)[name] for kind, name in _columns()])
+    return float(design_row(hw, sample) @ weights)
+
+
+# ---------------------------------------------------------------------------- the whole calibration
+
+
+def initial_hardware(device: str, threads: int) -> Hardware:
+    """A starting point for the fit: PEs are the threads (CPU) or the SMs (CUDA), SIMD FP32 lanes."""
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return Hardware(_device_name(device), props.multi_processor_count, 128, 1.5e9, 1e12, launch_time_s=5e-6,
+                        engine=EngineCosts(device, threads))
+    lanes = 16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 8
+    return Hardware(_device_name(device), threads, lanes, 2.5e9, 20e9, transaction_words=16, launch_time_s=5e-6,
+                    engine=EngineCosts(device, threads))
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(torch.cuda.current_device()).replace(" ", "-").lower()
+    return (platform.processor() or platform.machine() or "cpu").replace(" ", "-").lower()
+
+
+def calibrate(
+    device: str = "cpu", *, threads: int | None = None, budget_s: float = 300.0, name: str | None = None,
+    configs: Sequence[EngineConfig] = FIT_CONFIGS, seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Calibration:
+    """Benchmark the engine's operators and blocks on ``device`` and fit a profile.
+
+    ``threads`` (default: torch's current count) is fixed for the whole run and recorded;
+    ``budget_s`` bounds the measurements (at least :data:`MIN_REPEATS` rounds are always made).
+    ``progress(stage, done, total)`` follows the rounds of each stage (``operators``, ``blocks``).
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA device is available here; calibrate with --device cpu")
+    if budget_s <= 0:
+        raise ValueError(f"budget must be positive, got {budget_s} s")
+    threads = threads or torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+
+    def stage(label: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else lambda done, total: progress(label, done, total)
+
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        runners = [make_runner(op, block, spec, device, generator) for op, block, spec in operator_cases(configs, seed=seed)]
+        seconds = time_operators(runners, BUDGET_SHARE_OPERATORS * budget_s, device, stage("operators"))
+        operator_samples = tuple(Sample(f"{r.op.kind} {r.op.dims}", s, (r.op,)) for r, s in zip(runners, seconds))
+        del runners
+        remaining = max(budget_s - (time.perf_counter() - started), 0.0)
+        measurements = measure_engines(configs, repeats=None, budget_s=remaining, device=device, seed=seed,
+                                       progress=stage("blocks"))
+    finally:
+        torch.set_num_threads(previous_threads)
+    block_samples = tuple(s for m in measurements for s in measurement_samples(m))
+    base = initial_hardware(device, threads)
+    if name:
+        base = dataclasses.replace(base, name=name)
+    hw = fit_hardware(base, operator_samples)
+    hw = dataclasses.replace(hw, engine=fit_costs(hw, operator_samples + block_samples, device, threads))
+    kinds = tuple(_kind_fit(hw, kind, operator_samples) for kind in OP_KINDS)
+    block_error = _median_error(hw, [s for s in block_samples if s.label.startswith("block")])
+    record = {
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device,
+        "processor": _device_name(device),
+        "threads": threads,
+        "torch": str(torch.__version__),
+        "budget_s": round(budget_s, 1),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "load_before": [round(v, 2) for v in load_before],
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "operator_benchmarks": len(operator_samples),
+        "block_measurements": len(block_samples),
+        "fitted_on": [c.describe() for c in configs],
+        "median_error": {k.kind: round(k.calibrated_error, 4) for k in kinds} | {"blocks": round(block_error, 4)},
+    }
+    return Calibration(hw, operator_samples, block_samples, kinds, block_error, record)
+
+
+def measurement_samples(measurement: EngineMeasurement) -> list[Sample]:
+    """Samples of one model measurement: every block, the stem (with the model call) and the head."""
+    config, shape = measurement.config, measurement.shape
+    samples = [
+        Sample(f"block {config.describe()} {b.name}", b.ms / 1e3,
+               block_ops(block, config.spec.stages[block.stage], b.work), (("block", 1.0),), True)
+        for block, b in zip(shape.blocks, measurement.blocks)
+    ]
+    samples.append(Sample(f"stem {config.describe()}", measurement.stem_ms / 1e3, stem_ops(shape, config.batch),
+                          (("model", 1.0),), True))
+    samples.append(Sample(f"head {config.describe()}", measurement.head_ms / 1e3, head_ops(shape, config.batch),
+                          (), True))
+    return samples
+
+
+def _median_error(hw: Hardware, samples: Sequence[Sample]) -> float:
+    if not samples:
+        return float("nan")
+    return float(np.median([abs(predicted_seconds(hw, s) / s.seconds - 1) for s in samples]))
+
+
+def _kind_fit(hw: Hardware, kind: str, samples: Sequence[Sample]) -> KindFit:
+    mine = [s for s in samples if s.ops[0].kind == kind]
+    analytic = [abs(engine.analytic_seconds(hw, s.ops[0]) / s.seconds - 1) for s in mine]
+    return KindFit(kind, len(mine), float(np.median(analytic)) if mine else float("nan"), _median_error(hw, mine))

@@ -1,0 +1,110 @@
+"""The learned part of a calibrated device profile: per operator kind, how its time is made.
+
+A calibrated profile prices every primitive operation of the sparse engine
+(:mod:`laudnet.sparse.plan`) as a weighted sum of a few features, each a time in seconds computed
+from the operation's sizes and the profile's hardware parameters (:mod:`.engine` computes them):
+
+* ``launch``: the hardware's ``launch_time_s`` (a fixed cost per call);
+* ``analytic``: the analytic operator model (:mod:`.operators`) on the fitted hardware;
+* ``compute``: multiply-accumulates at the peak rate;
+* ``inputs`` / ``weights`` / ``outputs``: the words read, the weights read, the words written, at
+  the DRAM bandwidth;
+* ``rows``: one clock cycle per indexed row (gathers and scatters).
+
+Without calibration the weights are :data:`PRIOR`: the analytic model alone. Calibration fits them
+per kind (nn-Meter fits one regressor per kernel type for the same reason: one analytic model does
+not describe every kernel of a CPU's eager runtime). Three pseudo-kinds price the Python around
+the operations, in multiples of ``launch``: ``glue`` per operation, ``block`` per residual block
+call and ``model`` per model call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..sparse.plan import OP_KINDS
+
+FEATURES: tuple[str, ...] = ("launch", "analytic", "compute", "inputs", "weights", "outputs", "rows")
+OVERHEAD_KINDS: tuple[str, ...] = ("glue", "block", "model")
+PRIOR: dict[str, float] = {"launch": 0.0, "analytic": 1.0, "compute": 0.0, "inputs": 0.0, "weights": 0.0,
+                           "outputs": 0.0, "rows": 0.0}
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+
+def kind_features(kind: str) -> tuple[str, ...]:
+    """The features that price ``kind`` (the overhead kinds have ``launch`` only)."""
+    return ("launch",) if kind in OVERHEAD_KINDS else FEATURES
+
+
+def prior_coefficients(kind: str) -> dict[str, float]:
+    """What an uncalibrated profile uses: the analytic model, no overhead."""
+    return {name: (PRIOR[name] if kind in OP_KINDS else 0.0) for name in kind_features(kind)}
+
+
+@dataclass(frozen=True)
+class EngineCosts:
+    """How the sparse engine's operations cost on one device at one thread count.
+
+    ``coefficients`` holds, per kind, the weight of each of its features (a tuple of pairs so
+    the profile stays hashable); kinds or features left out take their prior.
+    """
+
+    device: str
+    threads: int
+    coefficients: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"engine device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"engine threads must be a positive integer, got {self.threads!r}")
+        known = OP_KINDS + OVERHEAD_KINDS
+        for kind, values in self.coefficients:
+            if kind not in known:
+                raise ValueError(f"engine costs: unknown kind {kind!r}; known kinds are {', '.join(known)}")
+            for name, value in values:
+                if name not in kind_features(kind):
+                    raise ValueError(
+                        f"engine costs of {kind}: unknown feature {name!r}; known: {', '.join(kind_features(kind))}"
+                    )
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                    raise ValueError(f"engine costs of {kind}: {name} must be a number >= 0, got {value!r}")
+
+    def of(self, kind: str) -> dict[str, float]:
+        """The coefficients of ``kind``, with priors where none were fitted."""
+        values = prior_coefficients(kind)
+        values.update(dict(self.table().get(kind, ())))
+        return values
+
+    def table(self) -> dict[str, tuple[tuple[str, float], ...]]:
+        return dict(self.coefficients)
+
+    @classmethod
+    def build(cls, device: str, threads: int, coefficients: Mapping[str, Mapping[str, float]]) -> "EngineCosts":
+        """From a mapping kind → feature → weight (the YAML form)."""
+        if not isinstance(coefficients, Mapping):
+            raise ValueError(f"engine costs must map kinds to their feature weights, got {coefficients!r}")
+        pairs = []
+        for kind, values in coefficients.items():
+            if not isinstance(values, Mapping):
+                raise ValueError(f"engine costs of {kind}: expected a mapping of feature weights, got {values!r}")
+            pairs.append((str(kind), tuple((str(k), _number(kind, k, v)) for k, v in values.items())))
+        return cls(device, threads, tuple(pairs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "threads": self.threads,
+            "costs": {kind: dict(values) for kind, values in self.coefficients},
+        }
+
+
+def _number(kind: str, name: str, value: Any) -> float:
+    """Accept numbers written as text (YAML reads ``1e-6`` as a string)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"engine costs of {kind}: {name} must be a number, got {value!r}") from None
+    return value

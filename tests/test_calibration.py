@@ -1,0 +1,242 @@
+"""Calibrated device profiles: the fit, the profile file, validation's split, and suggest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from laudnet.cli import main
+from laudnet.latency import PRESETS, Hardware, get_hardware, load_hardware, predict, save_hardware
+from laudnet.latency import engine
+from laudnet.latency.calibrate import (
+    FIT_CONFIGS, Sample, fit_costs, fit_hardware, initial_hardware, operator_cases, predicted_seconds,
+)
+from laudnet.latency.costs import EngineCosts, prior_coefficients
+from laudnet.latency.hardware import load_record
+from laudnet.latency.measure import EngineConfig, measure_engines
+from laudnet.latency.suggest import suggest, write_config
+from laudnet.latency.validate import HELD_OUT, compare, held_out, validate, write_report
+from laudnet.models.structure import model_shape
+from laudnet.sparse.plan import block_ops, expected_work
+from laudnet.train.config import load_config
+
+# A CPU-like device whose engine costs are the analytic model itself (the prior).
+CPU = Hardware("test-cpu", 2, 8, 3.0e9, 15e9, l2_bandwidth_ratio=3.0, transaction_words=16, launch_time_s=5e-6,
+               engine=EngineCosts("cpu", 2))
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return operator_cases(FIT_CONFIGS[:4], per_kind=12)
+
+
+# ---------------------------------------------------------------------------- the fit
+
+
+def test_fit_recovers_hardware_parameters_from_synthetic_operators(cases):
+    true = dataclasses.replace(CPU, frequency_hz=2.2e9, dram_bandwidth=9e9, l2_bandwidth_ratio=6.0,
+                               launch_time_s=3e-6, engine=None)
+    samples = [Sample(str(op.dims), engine.analytic_seconds(true, op), (op,)) for op, _, _ in cases]
+    fitted = fit_hardware(initial_hardware("cpu", 2), samples)
+    for name in ("frequency_hz", "dram_bandwidth", "l2_bandwidth_ratio", "launch_time_s"):
+        assert getattr(fitted, name) == pytest.approx(getattr(true, name), rel=1e-3), name
+    assert (fitted.n_pes, fitted.lanes_per_pe) == (true.n_pes, true.lanes_per_pe)
+
+
+def _samples(hw, cases):
+    """Operator samples and block samples made by ``hw``'s own predictions."""
+    ops = [Sample(str(op.dims), 0.0, (op,)) for op, _, _ in cases]
+    shape = model_shape("laud_resnet50", 160)
+    blocks = [
+        Sample(b.name, 0.0, block_ops(b, config.spec.stages[b.stage], expected_work(
+            b, config.spec.stages[b.stage], 1, cells=config.density, channel=config.density)), (("block", 1.0),))
+        for config in FIT_CONFIGS[:4] for b in shape.blocks
+    ]
+    return [dataclasses.replace(s, seconds=predicted_seconds(hw, s)) for s in ops + blocks]
+
+
+def test_fit_of_analytic_measurements_keeps_the_analytic_model(cases):
+    fitted = fit_costs(CPU, _samples(CPU, cases), "cpu", 2)
+    for kind in ("matmul", "conv", "gather", "scatter", "elementwise"):
+        assert fitted.of(kind)["analytic"] == pytest.approx(1.0, abs=0.02), kind
+    assert fitted.of("block")["launch"] == pytest.approx(0.0, abs=0.1)
+
+
+def test_fit_recovers_known_corrections(cases):
+    costs = {kind: prior_coefficients(kind) for kind in ("matmul", "gather", "elementwise", "block")}
+    costs["matmul"].update(analytic=0.7, launch=2.0)
+    costs["gather"].update(analytic=1.5, rows=3.0)
+    costs["elementwise"].update(launch=1.0)
+    costs["block"].update(launch=8.0)
+    true = dataclasses.replace(CPU, engine=EngineCosts.build("cpu", 2, costs))
+    samples = _samples(true, cases)
+    fitted = dataclasses.replace(CPU, engine=fit_costs(CPU, samples, "cpu", 2, ridge=1e-6))
+    errors = [abs(predicted_seconds(fitted, s) / s.seconds - 1) for s in samples]
+    assert max(errors) < 0.01
+    assert fitted.engine.of("block")["launch"] == pytest.approx(8.0, rel=0.05)
+    assert fitted.engine.of("matmul")["analytic"] == pytest.approx(0.7, rel=0.05)
+
+
+# ---------------------------------------------------------------------------- the profile file
+
+
+def _profile(tmp_path, **costs):
+    hw = dataclasses.replace(CPU, engine=EngineCosts.build("cpu", 2, costs or {"matmul": {"analytic": 0.8},
+                                                                                  "block": {"launch": 7.5}}))
+    path = tmp_path / "my-device.yaml"
+    save_hardware(hw, path, {"fitted_on": [c.describe() for c in FIT_CONFIGS], "threads": 2})
+    return hw, path
+
+
+def test_profile_round_trips(tmp_path):
+    hw, path = _profile(tmp_path)
+    assert load_hardware(path) == hw
+    assert load_record(path)["fitted_on"][0] == FIT_CONFIGS[0].describe()
+    assert get_hardware(str(path)).calibrated and not PRESETS["v100"].calibrated
+    by_path = predict("laud_resnet50", str(path), mode="spatial", density=0.5, spatial_granularity=2)
+    assert by_path.model_ms == predict("laud_resnet50", hw, mode="spatial", density=0.5, spatial_granularity=2).model_ms
+    assert by_path.blocks[0].ops_ms["overhead"] == pytest.approx(7.5 * 5e-6 * 1e3)
+    text = path.read_text()
+    assert "engine:" in text and "calibration:" in text
+
+
+def test_a_calibrated_profile_prices_the_engine_plan():
+    report = predict("laud_resnet50", CPU, mode="spatial", density=0.5, spatial_granularity=4)
+    assert {"masker", "conv1", "conv2", "conv3", "scatter_add", "overhead"} <= set(report.blocks[1].ops_ms)
+    assert report.stem_ms > 0 and report.head_ms > 0
+    static = predict("laud_resnet50", CPU, mode="static")
+    assert report.model_ms < static.model_ms
+    skipped = predict("laud_resnet50", CPU, mode="layer", density=0.0)
+    assert set(skipped.blocks[1].ops_ms) >= {"masker", "residual"}
+    assert skipped.model_ms < report.model_ms
+
+
+@pytest.mark.parametrize(
+    "engine_text,message",
+    [
+        ("engine: 3\n", "engine must be a mapping"),
+        ("engine: {device: cpu}\n", "engine: missing threads"),
+        ("engine: {device: tpu, threads: 2}\n", "engine device must be one of cpu, cuda"),
+        ("engine: {device: cpu, threads: 0}\n", "threads must be a positive integer"),
+        ("engine: {device: cpu, threads: 2, speed: 1}\n", "unknown keys speed"),
+        ("engine: {device: cpu, threads: 2, costs: {matmull: {analytic: 1}}}\n", "unknown kind 'matmull'"),
+        ("engine: {device: cpu, threads: 2, costs: {matmul: {flops: 1}}}\n", "unknown feature 'flops'"),
+        ("engine: {device: cpu, threads: 2, costs: {matmul: {analytic: -1}}}\n", "analytic must be a number >= 0"),
+        ("engine: {device: cpu, threads: 2, costs: {matmul: 1}}\n", "expected a mapping of feature weights"),
+        ("calibration: [1, 2]\n", "calibration must be a mapping"),
+    ],
+)
+def test_malformed_profile_is_a_clear_error(tmp_path, engine_text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text("n_pes: 2\nlanes_per_pe: 8\nfrequency_hz: 3e9\ndram_bandwidth: 1.5e10\n" + engine_text)
+    with pytest.raises(ValueError, match=message) as error:
+        get_hardware(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_missing_profile(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError):
+        validate(tmp_path / "absent.yaml")
+    assert main(["validate-latency", "--hardware", str(tmp_path / "absent.yaml")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "not found" in error[0]
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def test_validation_holds_out_every_fitted_configuration():
+    fitted = {c.describe() for c in FIT_CONFIGS}
+    assert not fitted & {c.describe() for c in HELD_OUT}
+    assert {c.model for c in HELD_OUT} >= {"laud_resnet50", "laud_regnet_y_400mf", "laud_regnet_y_800mf"}
+    assert {m for c in HELD_OUT for m in c.spec.modes} >= {"static", "spatial", "channel", "layer", "both"}
+    # Other shapes as well: input sizes and a model the fit never saw.
+    assert {(c.model, c.input_size) for c in HELD_OUT} - {(c.model, c.input_size) for c in FIT_CONFIGS}
+    assert {c.model for c in HELD_OUT} - {c.model for c in FIT_CONFIGS}
+    with pytest.raises(ValueError, match="used for fitting: laud_resnet50 224x224 static"):
+        held_out(HELD_OUT + (FIT_CONFIGS[0],), sorted(fitted))
+
+
+def test_validate_refuses_uncalibrated_hardware_and_fitted_configurations(tmp_path):
+    with pytest.raises(ValueError, match="not a calibrated profile"):
+        validate("tx2")
+    _, path = _profile(tmp_path)
+    with pytest.raises(ValueError, match="used for fitting"):
+        validate(path, configs=FIT_CONFIGS[:1], repeats=1)
+
+
+def test_comparison_report_from_a_measured_engine(tmp_path):
+    config = EngineConfig.build("laud_resnet50", 64, "spatial", "2", density=0.5)
+    (measurement,) = measure_engines([config], repeats=1, warmup=1)
+    blocks, model = compare(CPU, measurement)
+    assert [b.block for b in blocks] == [b.name for b in measurement.blocks]
+    assert all(b.predicted_ms > 0 and b.measured_ms > 0 for b in blocks)
+    assert model.measured_ms == measurement.model_ms and model.predicted_ms > 0
+    densities = [b.density.conv3 for b in measurement.blocks]
+    assert 0.0 < float(np.mean(densities)) < 1.0
+
+
+def test_validation_report_and_plot(tmp_path):
+    """A whole (tiny) validation: two passes, statistics in range, JSON and PNG written."""
+    _, profile = _profile(tmp_path)
+    configs = [EngineConfig.build("laud_resnet50", 48, "layer", density=0.5),
+               EngineConfig.build("laud_regnet_y_400mf", 48, "channel", channel_granularity="8", density=0.5)]
+    report = validate(profile, configs, repeats=1)
+    assert len(report.models) == 2 and len(report.blocks) == 16 + 16
+    assert 0.0 <= report.within_10 <= 1.0 and 0.0 <= report.repeat_within_10 <= 1.0
+    assert -1.0 <= report.spearman <= 1.0 and report.repeat_median >= 0.0
+    assert report.repeats == 2  # one round in each of the two passes
+    json_path, png_path = write_report(report, tmp_path / "report")
+    assert json.loads(json_path.read_text())["hardware"] == "test-cpu"
+    assert png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------- suggest
+
+
+def test_suggest_writes_a_config_that_trains(tmp_path):
+    static = predict("laud_resnet50", CPU, mode="static", input_size=96).model_ms
+    target = 0.7 * static
+    result = suggest("laud_resnet50", CPU, target, input_size=96, modes=("spatial", "layer"))
+    assert result.choice.feasible and result.choice.predicted_ms <= target
+    assert {o.mode for o in result.options} == {"spatial", "layer"}
+    assert 0.0 < result.choice.density < 1.0 and 0.0 < result.choice.macs_ratio < 1.0
+    path = tmp_path / "suggested.yaml"
+    write_config(result, path)
+    config = load_config(path)
+    assert (config.model, config.image_size) == ("laud_resnet50", 96)
+    assert config.target == pytest.approx(result.choice.macs_ratio, abs=1e-4)
+    assert config.mode.split("-")[0] == result.choice.mode
+    assert path.read_text().startswith("# laudnet suggest")
+
+
+def test_suggest_explains_targets_it_cannot_help_with():
+    static = predict("laud_resnet50", CPU, mode="static", input_size=96).model_ms
+    with pytest.raises(ValueError, match="already meets"):
+        suggest("laud_resnet50", CPU, 2 * static, input_size=96, modes=("layer",))
+    with pytest.raises(ValueError, match="no mode of laud_resnet50 meets"):
+        suggest("laud_resnet50", CPU, 0.01 * static, input_size=96, modes=("layer",))
+    with pytest.raises(ValueError, match="target latency must be a positive"):
+        suggest("laud_resnet50", CPU, -1.0)
+
+
+def test_suggest_cli(tmp_path, capsys):
+    _, profile = _profile(tmp_path)
+    static = predict("laud_resnet50", profile, mode="static", input_size=96).model_ms
+    output = tmp_path / "config.yaml"
+    code = main(["suggest", "laud_resnet50", "--hardware", str(profile), "--target-ms", f"{0.75 * static:.3f}",
+                 "--input", "96", "--modes", "layer-spatial", "-o", str(output), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["written"] == str(output) and printed["choice"]["feasible"]
+    assert yaml.safe_load(output.read_text())["model"] == "laud_resnet50"
+    load_config(output)
+
+
+def test_calibrate_cli_rejects_a_bad_budget(capsys):
+    assert main(["calibrate", "--budget", "soon"]) == 2
+    assert "duration" in capsys.readouterr().err
