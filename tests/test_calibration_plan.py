@@ -37,7 +37,9 @@ def _op(name: str, args: tuple, out, parameters: frozenset = frozenset()) -> tup
         return "grouped_matmul", (a.shape[0], a.shape[1], a.shape[2], b.shape[2])
     if name == "convolution":
         x, w = args[0], args[1]
-        return "conv", (x.shape[0], x.shape[1], w.shape[0], x.shape[2], x.shape[3], w.shape[2], args[3][0], args[8])
+        groups = args[8]
+        kind = "grouped_conv" if groups > 1 else "conv"
+        return kind, (x.shape[0], x.shape[1], w.shape[0], x.shape[2], x.shape[3], w.shape[2], args[3][0], groups)
     if name == "index_select":
         src, dim, index = args
         kind = "slice" if src.untyped_storage().data_ptr() in parameters else "gather"

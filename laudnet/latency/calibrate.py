@@ -42,11 +42,11 @@ from scipy.optimize import least_squares, nnls
 from ..dynamic.spec import StageSpec
 from ..models.resnet import LaudBottleneck
 from ..models.structure import BlockShape, model_shape
-from ..sparse.plan import EngineOp, block_ops, expected_work, head_ops, stem_ops
+from ..sparse.plan import CONV_KINDS, EngineOp, block_ops, expected_work, head_ops, stem_ops
 from . import engine
 from .costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
 from .hardware import Hardware
-from .measure import EngineConfig, EngineMeasurement, fastest, measure_engines
+from .measure import EngineConfig, EngineMeasurement, fastest, measure_engines, reference_ms
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ FIT_CONFIGS: tuple[EngineConfig, ...] = (
     EngineConfig.build("laud_resnet50", 224, "layer", density=0.5),
     EngineConfig.build("laud_resnet50", 224, "both", "4-4-2-1", "8", density=0.6),
     EngineConfig.build("laud_resnet50", 160, "spatial", "1", density=0.3),
+    EngineConfig.build("laud_regnet_y_400mf", 192, "static"),
     EngineConfig.build("laud_regnet_y_400mf", 224, "spatial", "1", density=0.5),
     EngineConfig.build("laud_regnet_y_400mf", 224, "layer", density=0.5),
     EngineConfig.build("laud_regnet_y_800mf", 224, "static"),
@@ -184,7 +185,7 @@ def make_runner(op: EngineOp, block: BlockShape | None, spec: StageSpec | None, 
         g, m, k, n = d
         a, w, bias = randn(g, m, k), randn(g, k, n), randn(g, 1, n)
         return _Runner(op, lambda: torch.baddbmm(bias, a, w), (a,))
-    if kind == "conv":
+    if kind in CONV_KINDS:
         b, cin, cout, h, w_, kernel, stride, groups = d
         x, bias = randn(b, cin, h, w_, channels_last=True), randn(cout)
         w = randn(cout, cin // groups, kernel, kernel, channels_last=True)
@@ -391,6 +392,7 @@ def calibrate(
         return None if progress is None else lambda done, total: progress(label, done, total)
 
     try:
+        reference = reference_ms(device)  # again at the end: a process is often slow at first
         generator = torch.Generator().manual_seed(seed)
         runners = [make_runner(op, block, spec, device, generator) for op, block, spec in operator_cases(configs, seed=seed)]
         seconds = time_operators(runners, BUDGET_SHARE_OPERATORS * budget_s, device, stage("operators"))
@@ -399,6 +401,7 @@ def calibrate(
         remaining = max(budget_s - (time.perf_counter() - started), 0.0)
         measurements = measure_engines(configs, repeats=None, budget_s=remaining, device=device, seed=seed,
                                        progress=stage("blocks"))
+        reference = min(reference, reference_ms(device))
     finally:
         torch.set_num_threads(previous_threads)
     block_samples = tuple(s for m in measurements for s in measurement_samples(m))
@@ -418,6 +421,7 @@ def calibrate(
         "budget_s": round(budget_s, 1),
         "elapsed_s": round(time.perf_counter() - started, 1),
         "load_before": [round(v, 2) for v in load_before],
+        "reference_ms": round(reference, 3),
         "load_after": [round(v, 2) for v in os.getloadavg()],
         "operator_benchmarks": len(operator_samples),
         "block_measurements": len(block_samples),

@@ -10,18 +10,41 @@ copy, a scatter-add an element-wise sum, and so on.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
 
 from ..dynamic.spec import StageSpec
 from ..models.structure import BlockShape, ModelShape, conv_output_hw
-from ..sparse.plan import BlockWork, EngineOp, block_ops, expected_work, head_ops, stem_ops
+from ..sparse.plan import CONV_KINDS, BlockWork, EngineOp, block_ops, expected_work, head_ops, stem_ops
 from . import operators as op
 from .costs import FEATURES, OVERHEAD_KINDS
 from .hardware import Hardware
 
 CACHE_SIZE = 1 << 16
+
+
+def expected_block_seconds(hw: Hardware, block: BlockShape, spec: StageSpec, density) -> dict[str, float]:
+    """Seconds per call of ``block`` at a :class:`~laudnet.latency.blocks.BlockDensity`, by part.
+
+    The engine keeps whole channel groups, so a channel density between two whole numbers of groups
+    is a mix of the two (some calls keep one group more): both are priced and weighted, so that
+    the prediction grows smoothly with the density instead of in steps.
+    """
+    if not spec.has_channel:
+        return block_seconds(hw, block, spec, block_work(block, spec, hw.batch_size, density))
+    groups = block.width // spec.channel_granularity
+    fewer = math.floor(density.channel * groups)
+    share = density.channel * groups - fewer
+    parts: dict[str, float] = {}
+    for kept, weight in ((fewer, 1.0 - share), (fewer + 1, share)):
+        if weight > 0:
+            work = block_work(block, spec, hw.batch_size, replace(density, channel=min(kept / groups, 1.0)))
+            for part, seconds in block_seconds(hw, block, spec, work).items():
+                parts[part] = parts.get(part, 0.0) + weight * seconds
+    return parts
 
 
 def block_work(block: BlockShape, spec: StageSpec, batch: int, density) -> BlockWork:
@@ -104,7 +127,7 @@ def analytic_seconds(hw: Hardware, operation: EngineOp) -> float:
     if kind == "grouped_matmul":
         g, m, k, n = d
         return op.conv(one, g * k, g * n, (max(m, 1), 1), 1, 1, g)
-    if kind == "conv":
+    if kind in CONV_KINDS:
         b, cin, cout, h, w, kernel, stride, groups = d
         out_hw = conv_output_hw((h, w), kernel, stride, kernel // 2)
         return op.conv(hw.with_batch(b), cin, cout, out_hw, kernel, stride, groups)

@@ -14,7 +14,8 @@ Sizes (``EngineOp.dims``) per kind:
 * ``matmul``: ``(m, k, n)``, an ``(m, k) @ (k, n)`` product plus bias;
 * ``grouped_matmul``: ``(groups, m, k, n)``, one such product per conv group (batched);
 * ``conv``: ``(batch, in_channels, out_channels, in_h, in_w, kernel, stride, groups)``, padding
-  ``kernel // 2``, channels-last;
+  ``kernel // 2``, channels-last, ``groups`` 1;
+* ``grouped_conv``: the same with ``groups`` > 1 (RegNetY's conv2: other kernels, other speed);
 * ``gather``: ``(rows, width)``, ``rows`` slices of ``width`` values of an activation selected by index;
 * ``slice``: ``(rows, width)``, the same on a parameter (channel-sliced weights and biases);
 * ``scatter``: ``(rows, width)``, rows copied or added into a larger buffer by index;
@@ -44,9 +45,15 @@ from ..models.blocks import BlockMasks
 from ..models.structure import BlockShape, ModelShape, conv_output_hw
 
 OP_KINDS: tuple[str, ...] = (
-    "matmul", "grouped_matmul", "conv", "gather", "slice", "scatter", "elementwise", "reduce", "max_pool",
-    "spatial_masker", "channel_masker",
+    "matmul", "grouped_matmul", "conv", "grouped_conv", "gather", "slice", "scatter", "elementwise", "reduce",
+    "max_pool", "spatial_masker", "channel_masker",
 )
+CONV_KINDS: tuple[str, ...] = ("conv", "grouped_conv")
+
+
+def conv_kind(groups: int) -> str:
+    """Dense and grouped convolutions run different kernels, so they are priced apart."""
+    return "grouped_conv" if groups > 1 else "conv"
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class EngineOp:
         if self.kind == "grouped_matmul":
             g, m, k, n = self.dims
             return g * m * k * n
-        if self.kind == "conv":
+        if self.kind in CONV_KINDS:
             b, cin, cout, h, w, kernel, stride, groups = self.dims
             oh, ow = conv_output_hw((h, w), kernel, stride, kernel // 2)
             return b * oh * ow * cout * (cin // groups) * kernel * kernel
@@ -83,7 +90,7 @@ class EngineOp:
         if kind == "grouped_matmul":
             g, m, k, n = d
             return Traffic(g * m * k, g * k * n, g * m * n)
-        if kind == "conv":
+        if kind in CONV_KINDS:
             b, cin, cout, h, w, kernel, stride, groups = d
             oh, ow = conv_output_hw((h, w), kernel, stride, kernel // 2)
             return Traffic(b * cin * h * w, cout * (cin // groups) * kernel * kernel, b * cout * oh * ow)
@@ -333,7 +340,7 @@ class _Planner:
             ops += self.conv2_weight(channels)
             groups = channels // self.group_width if b.groups > 1 else 1
         ops += [
-            EngineOp("conv", "conv2", (batch, c, c, *b.in_hw, 3, b.stride, groups)),
+            EngineOp(conv_kind(groups), "conv2", (batch, c, c, *b.in_hw, 3, b.stride, groups)),
             EngineOp("elementwise", "conv2", (self.out_rows(batch) * c,)),
         ]
         if b.se_channels:
