@@ -115,6 +115,27 @@ def test_a_calibrated_profile_prices_the_engine_plan():
     assert skipped.model_ms < report.model_ms
 
 
+def test_channel_density_between_whole_groups_is_priced_as_a_mix():
+    """Two groups per block: density 0.75 keeps one group in half the calls and both in the others."""
+    def ms(density):
+        return predict("laud_resnet50", CPU, mode="channel", density=density,
+                       channel_granularity=[32, 64, 128, 256]).model_ms
+
+    half, full = ms(0.5), ms(1.0)
+    assert half < full
+    assert ms(0.75) == pytest.approx((half + full) / 2, rel=1e-6)
+    assert half < ms(0.6) < ms(0.75) < ms(0.9) < full
+
+
+def test_regnet_channel_search_compares_with_one_conv_group_not_one_channel():
+    """RegNetY's finest channel group is one conv group (16 channels here): G=1 would split it."""
+    from laudnet.latency import search_granularity
+
+    result = search_granularity("laud_regnet_y_800mf", CPU, "channel", 0.125)
+    assert result.baseline_ms > 0
+    assert all(stage.channel_granularity % 16 == 0 for stage in result.spec.stages)
+
+
 @pytest.mark.parametrize(
     "engine_text,message",
     [
@@ -182,7 +203,8 @@ def test_comparison_report_from_a_measured_engine(tmp_path):
 
 def test_validation_report_and_plot(tmp_path):
     """A whole (tiny) validation: two passes, statistics in range, JSON and PNG written."""
-    _, profile = _profile(tmp_path)
+    hw, profile = _profile(tmp_path)
+    save_hardware(hw, profile, {"fitted_on": [], "reference_ms": 10.0})
     configs = [EngineConfig.build("laud_resnet50", 48, "layer", density=0.5),
                EngineConfig.build("laud_regnet_y_400mf", 48, "channel", channel_granularity="8", density=0.5)]
     report = validate(profile, configs, repeats=1)
@@ -190,6 +212,7 @@ def test_validation_report_and_plot(tmp_path):
     assert 0.0 <= report.within_10 <= 1.0 and 0.0 <= report.repeat_within_10 <= 1.0
     assert -1.0 <= report.spearman <= 1.0 and report.repeat_median >= 0.0
     assert report.repeats == 2  # one round in each of the two passes
+    assert report.speed_ratio > 0  # the reference workload, timed now, against the recorded 10 ms
     json_path, png_path = write_report(report, tmp_path / "report")
     assert json.loads(json_path.read_text())["hardware"] == "test-cpu"
     assert png_path.read_bytes()[:4] == b"\x89PNG"
@@ -229,10 +252,11 @@ def test_suggest_cli(tmp_path, capsys):
     static = predict("laud_resnet50", profile, mode="static", input_size=96).model_ms
     output = tmp_path / "config.yaml"
     code = main(["suggest", "laud_resnet50", "--hardware", str(profile), "--target-ms", f"{0.75 * static:.3f}",
-                 "--input", "96", "--modes", "layer-spatial", "-o", str(output), "--json"])
+                 "--input", "96", "--modes", "layer-spatial", "-o", str(output), "--json", "--measure"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["written"] == str(output) and printed["choice"]["feasible"]
+    assert printed["measured_ms"] > 0 and printed["predicted_for_measured_masks_ms"] > 0
     assert yaml.safe_load(output.read_text())["model"] == "laud_resnet50"
     load_config(output)
 

@@ -91,7 +91,7 @@ def block_latency(hw: Hardware, block: BlockShape, spec: StageSpec, density: Blo
             f"block width {block.width}"
         )
     if hw.calibrated:
-        seconds = engine.block_seconds(hw, block, spec, engine.block_work(block, spec, hw.batch_size, density))
+        seconds = engine.expected_block_seconds(hw, block, spec, density)
     else:
         seconds = _COMPOSERS[spec.mode](hw, block, spec, density)
         if block.has_projection:

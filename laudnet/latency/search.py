@@ -72,16 +72,22 @@ def search_granularity(
     input_size: InputSize = 224,
     reference_compatible: bool = False,
 ) -> GranularityResult:
-    """Find per stage the granularity with the lowest predicted latency at ``density`` (or ``stats``)."""
+    """Find per stage the granularity with the lowest predicted latency at ``density`` (or ``stats``).
+
+    The baseline is the finest granularity: S=1, and G=1 (one conv group for RegNetY, whose channel
+    groups may not split a conv group).
+    """
+    shape = resolve_shape(model, input_size)
+    stages = sorted({b.stage for b in shape.blocks})
+    finest = [min(channel_candidates(shape.stage_blocks(stage)[-1])) for stage in stages]
     baseline = predict(
-        model, hardware, mode=mode, density=density, stats=stats, spatial_granularity=1, channel_granularity=1,
+        model, hardware, mode=mode, density=density, stats=stats, spatial_granularity=1, channel_granularity=finest,
         batch=batch, input_size=input_size, reference_compatible=reference_compatible,
     )
     if not any(s.mode in ("spatial", "channel", "both") for s in baseline.spec.stages):
         modes = "-".join(baseline.spec.modes)
         raise ValueError(f"granularity search needs a spatial, channel or both stage; got {modes}")
     hw = get_hardware(hardware).with_batch(baseline.batch)
-    shape = resolve_shape(model, input_size)
 
     def stage_ms(blocks: list[BlockShape], densities: list[BlockDensity], spec: StageSpec) -> float:
         results = [block_latency(hw, b, spec, d) for b, d in zip(blocks, densities)]
