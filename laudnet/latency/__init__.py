@@ -5,25 +5,21 @@ operator latencies (:mod:`.operators`) on a :class:`Hardware` (a preset, a YAML 
 an instance); ``search_granularity`` picks per stage the spatial/channel granularity
 with the lowest predicted latency.
 
-On the user's own device, ``calibrate`` measures the sparse engine and fits a profile (a
-:class:`Hardware` with engine costs), ``validate`` compares its predictions with measurements
-on held-out configurations, and ``suggest`` picks the mode, granularities and density predicted
-to meet a latency target.
+On the user's own device, :func:`.calibrate.calibrate` measures the sparse engine and fits a
+profile (a :class:`Hardware` with engine costs), :func:`.validate.validate` compares its
+predictions with measurements on held-out configurations, and :func:`.suggest.suggest` picks the
+mode, granularities and density predicted to meet a latency target.
 """
 
 from .blocks import BlockDensity, BlockLatency, block_latency
-from .calibrate import Calibration, calibrate
 from .hardware import PRESETS, Hardware, get_hardware, list_presets, load_hardware, save_hardware
 from .model import LatencyReport, predict, resolve_shape
 from .search import GranularityResult, StageChoice, search_granularity
-from .suggest import Suggestion, suggest
 from .summary import RunSummary, block_densities, read_summary
-from .validate import ValidationReport, validate
 
 __all__ = [
     "BlockDensity",
     "BlockLatency",
-    "Calibration",
     "GranularityResult",
     "Hardware",
     "LatencyReport",
@@ -31,7 +27,6 @@ __all__ = [
     "RunSummary",
     "block_densities",
     "block_latency",
-    "calibrate",
     "get_hardware",
     "list_presets",
     "load_hardware",
@@ -41,8 +36,4 @@ __all__ = [
     "save_hardware",
     "search_granularity",
     "StageChoice",
-    "Suggestion",
-    "ValidationReport",
-    "suggest",
-    "validate",
 ]

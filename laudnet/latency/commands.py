@@ -359,6 +359,10 @@ def run_validate(args: argparse.Namespace) -> int:
     print(f"Spearman rank correlation (blocks): {report.spearman:.4f}")
     print(f"the device itself: two measurement passes of each block agree within ±10% for "
           f"{100 * report.repeat_within_10:.1f}% of blocks (median difference {100 * report.repeat_median:.1f}%)")
+    if report.speed_ratio is not None:
+        print(f"device speed: the reference workload takes {report.speed_ratio:.2f}x its time at calibration"
+              + ("" if abs(report.speed_ratio - 1) <= 0.05 else
+                 " - the device runs at another speed than when calibrated; errors include that drift"))
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -372,9 +376,10 @@ def run_suggest(args: argparse.Namespace) -> int:
     output = args.output or f"{args.model}-{args.target_ms:g}ms.yaml"
     write_config(result, output)
     measured = _measure_suggestion(result, args.hardware) if args.measure else None
+    measured_fields = {} if measured is None else {"measured_ms": measured.measured_ms,
+                                                   "predicted_for_measured_masks_ms": measured.predicted_ms}
     if args.json:
-        print(dumps({**to_jsonable(result), "config": result.train_config(), "written": output,
-                     "measured_ms": measured}))
+        print(dumps({**to_jsonable(result), "config": result.train_config(), "written": output, **measured_fields}))
         return 0
     print(f"{result.model} on {result.hardware}, batch {result.batch}, {result.input_size}x{result.input_size}: "
           f"target {result.target_ms:g} ms (static: {result.static_ms:.2f} ms)")
@@ -385,29 +390,31 @@ def run_suggest(args: argparse.Namespace) -> int:
     print(f"\nsuggested: {c.spec.describe()}, every gate at density {c.density:.3f}, predicted {c.predicted_ms:.2f} ms, "
           f"MACs ratio {c.macs_ratio:.3f} (the training target)")
     if measured is not None:
-        print(f"measured with the engine here: {measured:.2f} ms ({100 * (measured / result.target_ms - 1):+.1f}% "
-              f"vs the target)")
+        print(f"measured with the engine here: {measured.measured_ms:.2f} ms "
+              f"({100 * (measured.measured_ms / result.target_ms - 1):+.1f}% vs the target); for the masks that ran, "
+              f"the profile predicts {measured.predicted_ms:.2f} ms")
     print(f"wrote {output}: laudnet train --config {output}")
     return 0
 
 
-def _measure_suggestion(result, hardware: str) -> float:
-    """Median engine latency of the suggestion on this device, at the profile's thread count."""
+def _measure_suggestion(result, hardware: str):
+    """The suggestion timed with the sparse engine on this device, at the profile's thread count, with
+    the profile's prediction for the masks that actually ran (a :class:`ModelComparison`)."""
     import torch
 
     from .hardware import get_hardware
     from .measure import EngineConfig, measure_engines
+    from .validate import compare
 
     hw = get_hardware(hardware)
     if not hw.calibrated:
         raise ValueError(f"--measure needs a calibrated profile (laudnet calibrate); {hw.name} is not one")
-    spec = result.choice.spec
-    config = EngineConfig(result.model, (result.input_size, result.input_size), spec, result.choice.density,
-                          result.batch)
+    config = EngineConfig(result.model, (result.input_size, result.input_size), result.choice.spec,
+                          result.choice.density, result.batch)
     previous = torch.get_num_threads()
     torch.set_num_threads(hw.engine.threads)
     try:
         (measurement,) = measure_engines([config], repeats=30, device=hw.engine.device)
     finally:
         torch.set_num_threads(previous)
-    return measurement.model_ms
+    return compare(hw, measurement)[1]

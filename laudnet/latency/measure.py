@@ -215,6 +215,18 @@ def _summarise(t: _Timed, model_ms: list[float], runs: list[list[float]], repeat
     return EngineMeasurement(t.config, fastest(model_ms), parts[0], parts[-1], blocks, t.shape, repeats)
 
 
+# A short fixed workload timed by calibration and again by every measurement against a profile:
+# if the device has changed speed since (other tenants, clocks, power), the comparison says so.
+REFERENCE = EngineConfig.build("laud_resnet50", 112, "static")
+REFERENCE_REPEATS = 15
+
+
+def reference_ms(device: str = "cpu") -> float:
+    """Milliseconds of :data:`REFERENCE` on ``device`` now (fastest of :data:`REFERENCE_REPEATS`)."""
+    (measurement,) = measure_engines([REFERENCE], repeats=REFERENCE_REPEATS, device=device)
+    return measurement.model_ms
+
+
 def fastest_of(passes: Sequence[EngineMeasurement]) -> EngineMeasurement:
     """One configuration measured in several passes, as one measurement: the fastest of each time."""
     first = passes[0]

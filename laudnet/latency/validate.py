@@ -29,7 +29,7 @@ from scipy.stats import spearmanr
 from ..io import atomic_open, write_text
 from ..reporting import dumps
 from .hardware import Hardware, HardwareLike, get_hardware, load_record
-from .measure import EngineConfig, EngineMeasurement, fastest_of, measure_engines
+from .measure import EngineConfig, EngineMeasurement, fastest_of, measure_engines, reference_ms
 from .model import predict
 from .summary import RunSummary
 
@@ -94,7 +94,9 @@ class ValidationReport:
     ``within_10``: fraction of blocks within ±10%; ``spearman``: rank correlation of predicted and
     measured block latencies; ``model_errors``: whole-model relative error per configuration;
     ``repeat_within_10`` and ``repeat_median``: the fraction of blocks whose two measurement
-    passes agree within ±10%, and their median relative difference (the device's own noise).
+    passes agree within ±10%, and their median relative difference (the device's own noise);
+    ``speed_ratio``: the reference workload's time now over its time at calibration (``None``
+    when the profile has no record of it): far from 1, the device is not the one calibrated.
     """
 
     hardware: str
@@ -113,6 +115,7 @@ class ValidationReport:
     model_errors: dict[str, float]
     repeat_within_10: float
     repeat_median: float
+    speed_ratio: float | None
 
 
 def held_out(configs: Sequence[EngineConfig], fitted_on: Sequence[str]) -> list[EngineConfig]:
@@ -139,19 +142,22 @@ def validate(
             f"hardware {hw.name} is not a calibrated profile (it has no engine costs): run "
             "`laudnet calibrate -o my-device.yaml` and validate that file"
         )
-    fitted_on = tuple(load_record(hardware).get("fitted_on", ())) if not isinstance(hardware, Hardware) else ()
+    record = load_record(hardware) if not isinstance(hardware, Hardware) else {}
+    fitted_on = tuple(record.get("fitted_on", ()))
     configs = held_out(configs, fitted_on)
     previous = torch.get_num_threads()
     torch.set_num_threads(hw.engine.threads)
     load_before = os.getloadavg()
     passes = []
     try:
+        reference = reference_ms(hw.engine.device)  # again at the end: a process is often slow at first
         for index in range(PASSES):
             done = index * len(configs)
             passes.append(measure_engines(
                 configs, repeats=repeats, budget_s=None if repeats else budget_s / PASSES, device=hw.engine.device,
                 seed=seed, progress=None if progress is None else lambda i, n, done=done: progress(done + i, PASSES * n),
             ))
+        reference = min(reference, reference_ms(hw.engine.device))
     finally:
         torch.set_num_threads(previous)
     load_after = os.getloadavg()
@@ -184,6 +190,7 @@ def validate(
         model_errors={m.config: m.error for m in models},
         repeat_within_10=float(np.mean(np.abs(repeat) <= 0.10)),
         repeat_median=float(np.median(np.abs(repeat))),
+        speed_ratio=reference / record["reference_ms"] if record.get("reference_ms") else None,
     )
 
 
