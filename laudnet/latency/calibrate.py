@@ -42,6 +42,7 @@ from scipy.optimize import least_squares, nnls
 from ..dynamic.spec import StageSpec
 from ..models.resnet import LaudBottleneck
 from ..models.structure import BlockShape, model_shape
+from ..sparse.benchmark import time_call_ms
 from ..sparse.plan import CONV_KINDS, EngineOp, block_ops, expected_work, head_ops, stem_ops
 from . import engine
 from .costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
@@ -241,20 +242,13 @@ def time_operators(
     activations rewritten, so it starts as in a forward pass: its input in cache (the previous
     operation wrote it), its weights and output buffer not.
     """
-    cuda = torch.device(device).type == "cuda"
     flush = flush_buffer(device)
 
     def timed(runner: _Runner) -> float:
         flush.fill_(1.0)
         for tensor in runner.hot:
             tensor.add_(0)
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        runner.call()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time_call_ms(runner.call, device) / 1e3
 
     with torch.no_grad():
         start = time.perf_counter()

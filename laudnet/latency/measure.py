@@ -29,6 +29,7 @@ from ..dynamic.spec import DynamicSpec
 from ..models.registry import create_model
 from ..models.structure import ModelShape, model_shape, parse_input_size
 from ..sparse import calibrate_density, convert
+from ..sparse.benchmark import time_call_ms
 from ..sparse.plan import BlockWork, work_of_masks
 from .blocks import BlockDensity
 
@@ -125,7 +126,7 @@ def measure_engines(
             model_ms, parts = [], []
             for _ in range(rounds):
                 parts.append(_hooked_run(timed, device))
-                model_ms.append(_timed_call(lambda: timed.engine(timed.images), device))
+                model_ms.append(time_call_ms(lambda: timed.engine(timed.images), device))
         results.append(_summarise(timed, model_ms, parts, rounds))
         del timed
         if progress is not None:
@@ -168,17 +169,6 @@ def _block_work(model: torch.nn.Module, shape: ModelShape, images: torch.Tensor)
         for handle in handles:
             handle.remove()
     return [works[b.name] for b in shape.blocks]
-
-
-def _timed_call(fn: Callable[[], object], device: str) -> float:
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
 
 
 def _hooked_run(t: _Timed, device: str) -> list[float]:

@@ -57,8 +57,19 @@ HELD_OUT: tuple[EngineConfig, ...] = (
 )
 
 
+class _Compared:
+    """A predicted and a measured time, and the relative error ``predicted / measured - 1``."""
+
+    predicted_ms: float
+    measured_ms: float
+
+    @property
+    def error(self) -> float:
+        return self.predicted_ms / self.measured_ms - 1.0
+
+
 @dataclass(frozen=True)
-class BlockComparison:
+class BlockComparison(_Compared):
     """One block of one configuration: predicted and measured ms, relative error."""
 
     config: str
@@ -67,23 +78,15 @@ class BlockComparison:
     predicted_ms: float
     measured_ms: float
 
-    @property
-    def error(self) -> float:
-        return self.predicted_ms / self.measured_ms - 1.0
-
 
 @dataclass(frozen=True)
-class ModelComparison:
+class ModelComparison(_Compared):
     """One whole configuration: predicted and measured ms, relative error."""
 
     config: str
     model: str
     predicted_ms: float
     measured_ms: float
-
-    @property
-    def error(self) -> float:
-        return self.predicted_ms / self.measured_ms - 1.0
 
 
 @dataclass(frozen=True)

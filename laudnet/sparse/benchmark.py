@@ -82,6 +82,18 @@ def static_reference(model: DynamicBackbone) -> tuple[nn.Module, str]:
     return static.to(device=param.device, dtype=param.dtype).eval(), label
 
 
+def time_call_ms(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Milliseconds of one call of ``fn``; on CUDA, from an idle device to the end of its work."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000.0
+
+
 def median_latencies(
     functions: dict[str, Callable[[], object]], warmup: int = 3, repeats: int = 10,
     device: torch.device | str = "cpu",
@@ -92,16 +104,6 @@ def median_latencies(
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    cuda = torch.device(device).type == "cuda"
-
-    def timed(fn: Callable[[], object]) -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1000.0
 
     for fn in functions.values():
         for _ in range(warmup):
@@ -109,7 +111,7 @@ def median_latencies(
     samples: dict[str, list[float]] = {k: [] for k in functions}
     for _ in range(repeats):
         for key, fn in functions.items():
-            samples[key].append(timed(fn))
+            samples[key].append(time_call_ms(fn, device))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
