@@ -13,7 +13,7 @@ from ..io import load_checkpoint
 from ..reporting import dumps, format_table
 from ..train.config import add_config_arguments, config_from_checkpoint, load_config, overrides_from_args
 from ..train.distributed import init_distributed, shutdown
-from ..train.engine import STAGE_HEADERS
+from ..train.engine import STAGE_HEADERS, summary_stage_rows
 from ..train.runner import ShardSampler, make_loader
 from .config import DetectionConfig
 from .data import collate
@@ -74,9 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if summary["segm"] is not None:
         print(_metrics_line("segm", CocoMetrics(**summary["segm"])))
     print(f"backbone MACs ratio {summary['macs_ratio']:.3f} (target {summary['target']:.2f})")
-    print(format_table(STAGE_HEADERS, [[f"stage {s['stage'] + 1}", s["blocks"], s["conv1_density"], s["conv2_density"],
-                                        s["conv3_density"], s["channel_density"], s["macs_ratio"]]
-                                       for s in summary["stages"]]))
+    print(format_table(STAGE_HEADERS, summary_stage_rows(summary["stages"])))
     print(f"outputs in {config.output}/ (summary.json, last.pth, best.pth, metrics.csv)")
     return 0
 

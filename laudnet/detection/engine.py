@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from ..io import PathLike, load_checkpoint
@@ -23,7 +22,7 @@ from ..reporting import format_table
 from ..train.distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from ..train.engine import STAGE_HEADERS, stage_rows, stage_summary
 from ..train.optim import ParamGroup
-from ..train.runner import EpochTrainer, ShardSampler, make_loader
+from ..train.runner import EpochTrainer, build_loaders
 from .config import DetectionConfig
 from .data import CocoDetection, DetectionDataset, SyntheticCocoShapes, collate
 from .evaluation import DetectionEvalResult, evaluate_detector
@@ -111,30 +110,19 @@ class DetectionTrainer(EpochTrainer[DetectionEvalResult]):
         torch.manual_seed(config.seed)
         self.data = build_detection_data(config)
         model = detector_from_config(config, self.data.num_classes).to(env.device)
-        if config.batch_size % env.world_size:
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {env.world_size} processes")
-        per_process = config.batch_size // env.world_size
-        self.train_sampler = DistributedSampler(self.data.train, num_replicas=env.world_size, rank=env.rank,
-                                                shuffle=True, seed=config.seed, drop_last=True)
-        self.train_loader = make_loader(self.data.train, per_process, self.train_sampler, config.workers,
-                                        env.device, drop_last=True, collate_fn=collate)
-        if len(self.train_loader) == 0:
-            raise ValueError(f"the training set ({len(self.data.train)} images) is smaller than one batch "
-                             f"({config.batch_size}); lower batch_size")
-        self.val_loader = make_loader(self.data.val, per_process, ShardSampler(len(self.data.val), env),
-                                      config.workers, env.device, drop_last=False, collate_fn=collate)
+        self.loaders = build_loaders(config, env, self.data.train, self.data.val, collate_fn=collate)
         self.backbone = laud_backbone(model)
-        super().__init__(config, env, model, self.backbone.body, param_groups(config, model), len(self.train_loader),
+        super().__init__(config, env, model, self.backbone.body, param_groups(config, model), len(self.loaders.train),
                          model.build_config, resume, progress)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         c, env = self.config, self.env
         self.ddp.train()
-        self.train_sampler.set_epoch(epoch)
-        steps = len(self.train_loader)
+        self.loaders.sampler.set_epoch(epoch)
+        steps = len(self.loaders.train)
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
+        bar = tqdm(self.loaders.train, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
                    disable=not (self.progress and env.is_main))
         for i, (images, targets) in enumerate(bar):
             images = [image.to(env.device, non_blocking=True) for image in images]
@@ -165,7 +153,7 @@ class DetectionTrainer(EpochTrainer[DetectionEvalResult]):
 
     def evaluate(self) -> DetectionEvalResult:
         val = self.data.val
-        return evaluate_detector(self.ddp, self.val_loader, val.coco(), val.category_ids, self.env, self.config.amp,
+        return evaluate_detector(self.ddp, self.loaders.val, val.coco(), val.category_ids, self.env, self.config.amp,
                                  self.progress)
 
     def score(self, result: DetectionEvalResult) -> float:

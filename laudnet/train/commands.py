@@ -10,7 +10,7 @@ from ..reporting import dumps, format_table
 from .config import add_config_arguments, config_from_checkpoint, load_config, overrides_from_args
 from .distributed import init_distributed, shutdown
 from .data import build_datasets
-from .engine import STAGE_HEADERS, evaluate, stage_rows, train
+from .engine import STAGE_HEADERS, evaluate, stage_rows, summary_stage_rows, train
 from .runner import ShardSampler, make_loader
 
 
@@ -37,9 +37,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = train(config, resume=args.resume, progress=not args.no_progress)
     print(f"top-1 {summary['top1']:.4f}  top-5 {summary['top5']:.4f}  "
           f"MACs ratio {summary['macs_ratio']:.3f} (target {summary['target']:.2f})")
-    print(format_table(STAGE_HEADERS, [[f"stage {s['stage'] + 1}", s["blocks"], s["conv1_density"], s["conv2_density"],
-                                        s["conv3_density"], s["channel_density"], s["macs_ratio"]]
-                                       for s in summary["stages"]]))
+    print(format_table(STAGE_HEADERS, summary_stage_rows(summary["stages"])))
     print(f"outputs in {config.output}/ (summary.json, last.pth, best.pth, metrics.csv)")
     return 0
 

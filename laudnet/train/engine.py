@@ -18,7 +18,6 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from ..dynamic.stats import DensityMeter
@@ -29,7 +28,7 @@ from .data import build_datasets
 from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
 from .losses import distillation_loss
 from .optim import ParamGroup
-from .runner import CHECKPOINT_LAST, SUMMARY, EpochTrainer, ShardSampler, autocast, make_loader
+from .runner import CHECKPOINT_LAST, SUMMARY, EpochTrainer, autocast, build_loaders
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,12 @@ def stage_summary(blocks: list[dict]) -> list[dict]:
     return [dict(zip(keys, [i, *row[1:]])) for i, row in enumerate(stage_rows(blocks))]
 
 
+def summary_stage_rows(stages: list[dict]) -> list[list]:
+    """The rows of :data:`STAGE_HEADERS` from :func:`stage_summary`'s records (a run's ``summary.json``)."""
+    return [[f"stage {s['stage'] + 1}", s["blocks"], s["conv1_density"], s["conv2_density"], s["conv3_density"],
+             s["channel_density"], s["macs_ratio"]] for s in stages]
+
+
 # -- model, teacher, optimisation ----------------------------------------------------------
 
 def build_model(config: TrainConfig, num_classes: int) -> DynamicBackbone:
@@ -145,24 +150,13 @@ class Trainer(EpochTrainer[EvalResult]):
             model = model.to(memory_format=torch.channels_last)
         if self.teacher is not None:
             self.teacher = self.teacher.to(env.device)
-        if config.batch_size % env.world_size:
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {env.world_size} processes")
-        per_process = config.batch_size // env.world_size
-        self.train_sampler = DistributedSampler(self.data.train, num_replicas=env.world_size, rank=env.rank,
-                                                shuffle=True, seed=config.seed, drop_last=True)
-        self.train_loader = make_loader(self.data.train, per_process, self.train_sampler, config.workers,
-                                        env.device, drop_last=True)
-        if len(self.train_loader) == 0:
-            raise ValueError(f"the training set ({len(self.data.train)} images) is smaller than one batch "
-                             f"({config.batch_size}); lower batch_size")
-        self.val_loader = make_loader(self.data.val, per_process, ShardSampler(len(self.data.val), env),
-                                      config.workers, env.device, drop_last=False)
-        super().__init__(config, env, model, model, param_groups(config, model), len(self.train_loader),
+        self.loaders = build_loaders(config, env, self.data.train, self.data.val)
+        super().__init__(config, env, model, model, param_groups(config, model), len(self.loaders.train),
                          checkpoint_metadata(model), resume, progress)
 
     def evaluate(self) -> EvalResult:
         c = self.config
-        return evaluate(self.ddp, self.val_loader, self.env, c.amp, c.channels_last, self.progress)
+        return evaluate(self.ddp, self.loaders.val, self.env, c.amp, c.channels_last, self.progress)
 
     def score(self, result: EvalResult) -> float:
         return result.top1
@@ -174,11 +168,11 @@ class Trainer(EpochTrainer[EvalResult]):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         c, env = self.config, self.env
         self.ddp.train()
-        self.train_sampler.set_epoch(epoch)
-        steps = len(self.train_loader)
+        self.loaders.sampler.set_epoch(epoch)
+        steps = len(self.loaders.train)
         memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
         sums = {"loss": 0.0, "ce": 0.0, "sparsity": 0.0, "correct": 0.0, "ratio": 0.0, "count": 0.0}
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
+        bar = tqdm(self.loaders.train, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
                    disable=not (self.progress and env.is_main))
         for i, (images, targets) in enumerate(bar):
             images = images.to(env.device, non_blocking=True, memory_format=memory_format)

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..dynamic.gates import temperature_at
 from ..dynamic.stats import ModelStats
@@ -62,6 +62,33 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: in
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=workers > 0,
                       collate_fn=collate_fn)
+
+
+@dataclass
+class Loaders:
+    """A run's data: shuffled training shards (``sampler.set_epoch`` each epoch), evaluation shards."""
+
+    sampler: DistributedSampler
+    train: DataLoader
+    val: DataLoader
+
+
+def build_loaders(config: RunConfig, env: DistEnv, train: Dataset, val: Dataset, collate_fn=None) -> Loaders:
+    """Each process's share of ``config.batch_size``: the training set split across processes with
+    whole batches only, the validation set in disjoint shards (metrics are reduced over them)."""
+    if config.batch_size % env.world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {env.world_size} processes")
+    per_process = config.batch_size // env.world_size
+    sampler = DistributedSampler(train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=config.seed,
+                                 drop_last=True)
+    train_loader = make_loader(train, per_process, sampler, config.workers, env.device, drop_last=True,
+                               collate_fn=collate_fn)
+    if len(train_loader) == 0:
+        raise ValueError(f"the training set ({len(train)} images) is smaller than one batch "
+                         f"({config.batch_size}); lower batch_size")
+    val_loader = make_loader(val, per_process, ShardSampler(len(val), env), config.workers, env.device,
+                             drop_last=False, collate_fn=collate_fn)
+    return Loaders(sampler, train_loader, val_loader)
 
 
 def autocast(device: torch.device, amp: str):
