@@ -290,13 +290,16 @@ def fit_hardware(base: Hardware, samples: Sequence[Sample]) -> Hardware:
     return dataclasses.replace(hardware(result.x), engine=base.engine)
 
 
-def _columns() -> list[tuple[str, str]]:
-    return [(kind, name) for kind in OP_KINDS + OVERHEAD_KINDS for name in kind_features(kind)]
+# The fit's unknowns: one weight per (kind, feature), and each one's column in a design row.
+COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (kind, name) for kind in OP_KINDS + OVERHEAD_KINDS for name in kind_features(kind)
+)
+_COLUMN_INDEX: dict[tuple[str, str], int] = {column: i for i, column in enumerate(COLUMNS)}
 
 
 def design_row(hw: Hardware, sample: Sample) -> np.ndarray:
     """The features of everything that ran in ``sample``, in seconds, one column per (kind, feature)."""
-    columns = {c: i for i, c in enumerate(_columns())}
+    columns = _COLUMN_INDEX
     row = np.zeros(len(columns))
     for op in sample.ops:
         features = engine.op_features(hw, op)
@@ -312,7 +315,7 @@ def design_row(hw: Hardware, sample: Sample) -> np.ndarray:
 def fit_costs(hw: Hardware, samples: Sequence[Sample], device: str, threads: int, ridge: float = RIDGE) -> EngineCosts:
     """Non-negative weights of every kind's features that best explain ``samples`` (relative least
     squares), pulled towards the analytic model (:func:`~laudnet.latency.costs.prior_coefficients`)."""
-    columns = _columns()
+    columns = COLUMNS
     matrix = np.array([design_row(hw, s) for s in samples]) / np.array([[s.seconds] for s in samples])
     prior = np.array([prior_coefficients(kind)[name] for kind, name in columns])
     norms = np.linalg.norm(matrix, axis=0)
@@ -335,7 +338,7 @@ def fit_costs(hw: Hardware, samples: Sequence[Sample], device: str, threads: int
 
 def predicted_seconds(hw: Hardware, sample: Sample) -> float:
     """What a calibrated ``hw`` predicts for ``sample``."""
-    weights = np.array([hw.engine.of(kind)[name] for kind, name in _columns()])
+    weights = np.array([hw.engine.of(kind)[name] for kind, name in COLUMNS])
     return float(design_row(hw, sample) @ weights)
 
 

@@ -144,6 +144,29 @@ def get_hardware(spec: HardwareLike) -> Hardware:
 def load_hardware(path: Union[str, os.PathLike]) -> Hardware:
     """Read a hardware spec from YAML; every malformed file raises one clear ``ValueError``."""
     path = Path(path)
+    data = _read_spec(path)
+    fields = {f.name: f for f in dataclasses.fields(Hardware)}
+    values = {"name": str(data.get("name", path.stem))}
+    try:
+        for key, value in data.items():
+            if key == "engine":
+                values[key] = _engine(value)
+            elif key not in ("name", RECORD_KEY):
+                values[key] = _coerce(path, key, value, fields[key].type)
+        return Hardware(**values)
+    except ValueError as error:
+        message = str(error)
+        prefix = f"hardware spec {path}: "
+        raise ValueError(message if message.startswith(prefix) else prefix + message) from None
+
+
+def load_record(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The ``calibration`` record of a profile (empty for a hand-written spec)."""
+    return dict(_read_spec(Path(path)).get(RECORD_KEY) or {})
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    """The YAML mapping of a spec, its keys checked: known, required ones present, record a mapping."""
     if not path.is_file():
         raise FileNotFoundError(f"hardware spec not found: {path}")
     try:
@@ -163,24 +186,7 @@ def load_hardware(path: Union[str, os.PathLike]) -> Hardware:
         raise ValueError(f"hardware spec {path}: missing {', '.join(missing)}")
     if not isinstance(data.get(RECORD_KEY, {}), dict):
         raise ValueError(f"hardware spec {path}: {RECORD_KEY} must be a mapping")
-    values = {"name": str(data.get("name", path.stem))}
-    try:
-        for key, value in data.items():
-            if key == "engine":
-                values[key] = _engine(value)
-            elif key not in ("name", RECORD_KEY):
-                values[key] = _coerce(path, key, value, fields[key].type)
-        return Hardware(**values)
-    except ValueError as error:
-        message = str(error)
-        prefix = f"hardware spec {path}: "
-        raise ValueError(message if message.startswith(prefix) else prefix + message) from None
-
-
-def load_record(path: Union[str, os.PathLike]) -> dict[str, Any]:
-    """The ``calibration`` record of a profile (empty for a hand-written spec)."""
-    load_hardware(path)  # the same checks, the same errors
-    return dict(yaml.safe_load(Path(path).read_text()).get(RECORD_KEY) or {})
+    return data
 
 
 def save_hardware(
