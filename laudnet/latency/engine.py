@@ -92,12 +92,13 @@ def overhead_seconds(hw: Hardware, kind: str) -> float:
 @lru_cache(maxsize=CACHE_SIZE)
 def _op_seconds(hw: Hardware, kind: str, dims: tuple[int, ...]) -> float:
     weights = hw.engine.of(kind)
-    return float(np.dot([weights[name] for name in FEATURES], op_features(hw, EngineOp(kind, "", dims))))
+    return float(np.dot([weights[name] for name in FEATURES], _features(hw, kind, dims)))
 
 
 def op_features(hw: Hardware, operation: EngineOp) -> np.ndarray:
-    """The features of one execution of ``operation`` on ``hw``, in seconds, in :data:`FEATURES` order."""
-    return _features(hw, operation.kind, operation.dims).copy()
+    """The features of one execution of ``operation`` on ``hw``, in seconds, in :data:`FEATURES` order
+    (a cached, read-only array)."""
+    return _features(hw, operation.kind, operation.dims)
 
 
 @lru_cache(maxsize=CACHE_SIZE)
