@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
 import torch
+from .errors import UsageError
 
 PathLike = Union[str, os.PathLike]
 
@@ -73,7 +74,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
             return load_file(str(path), device=str(map_location))
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for bad files; report one clear error
-        raise ValueError(f"cannot read checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        raise UsageError(f"cannot read checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+        raise UsageError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
     return obj

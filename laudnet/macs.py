@@ -5,7 +5,8 @@ MACs count convolutions and fully connected layers only — exactly what
 static model equals the flop counter's, and the sparse engine's executed MACs can be
 checked against the dynamic count. Dynamic MACs follow the LAUDNet paper: each conv's
 dense MACs scaled by the fraction of positions and of channels it computes, plus the
-maskers and the (always computed) projection shortcut.
+maskers and the (always computed) projection shortcut
+(:meth:`~laudnet.models.structure.BlockShape.dynamic_macs`).
 """
 
 from __future__ import annotations
@@ -16,39 +17,9 @@ from typing import TypeVar, Union
 import torch
 
 from .models.structure import BlockShape, InputSize, model_shape
+from .errors import UsageError
 
 Number = TypeVar("Number", float, torch.Tensor)
-
-
-def block_dynamic_macs(
-    shape: BlockShape,
-    conv1_density: Number,
-    conv2_density: Number,
-    conv3_density: Number,
-    channel_density: Number,
-    se_active: Number,
-    masker_macs: int,
-) -> Number:
-    """Dynamic MACs of one block per image (floats or per-sample tensors).
-
-    ``channel_density`` scales conv1's outputs, conv2's inputs and outputs and conv3's
-    inputs. A grouped conv2 never has a channel group split across conv groups, so skipping
-    a channel group removes whole conv groups and conv2 scales once, not squared.
-    ``se_active`` (0 or 1) says whether the squeeze-excitation runs at all: it is skipped
-    with the block when no position is computed.
-    """
-    cd = channel_density
-    conv2_channels = cd * cd if shape.groups == 1 else cd
-    total = (
-        shape.conv1.macs * cd * conv1_density
-        + shape.conv2.macs * conv2_channels * conv2_density
-        + shape.conv3.macs * cd * conv3_density
-        + shape.se_macs * cd * se_active
-        + masker_macs
-    )
-    if shape.projection is not None:
-        total = total + shape.projection.macs
-    return total
 
 
 @dataclass
@@ -87,18 +58,15 @@ def count_macs(model: torch.nn.Module, input_size: InputSize = 224, density: Uni
     """
     d = 1.0 if density is None else float(density)
     if not 0.0 <= d <= 1.0:
-        raise ValueError(f"density must be in [0, 1], got {density}")
+        raise UsageError(f"density must be in [0, 1], got {density}")
     shape = model_shape(model, input_size)
-    blocks = dict(model.named_dynamic_blocks()) if hasattr(model, "named_dynamic_blocks") else {}
     stages = [StageMacs(s, "static", 0, 0, 0.0) for s in range(4)]
     for block_shape in shape.blocks:
         spec = block_shape.spec
         spatial_d = d if spec.has_spatial else 1.0
         channel_d = d if spec.has_channel else 1.0
-        module = blocks.get(block_shape.name)
-        masker = module.masker_macs(block_shape.out_hw) if module is not None else 0
         se_active = spatial_d if spec.mode == "layer" else float(spatial_d > 0)
-        dynamic = block_dynamic_macs(block_shape, spatial_d, spatial_d, spatial_d, channel_d, se_active, masker)
+        dynamic = block_shape.dynamic_macs(spatial_d, spatial_d, spatial_d, channel_d, se_active)
         stage = stages[block_shape.stage]
         stage.mode = spec.mode
         stage.blocks += 1

@@ -11,15 +11,15 @@ import yaml
 
 from laudnet.cli import main
 from laudnet.latency import PRESETS, Hardware, get_hardware, load_hardware, predict, save_hardware
-from laudnet.latency import engine
-from laudnet.latency.calibrate import (
+from laudnet.latency.calibrated import pricing as engine
+from laudnet.latency.device.calibrate import (
     FIT_CONFIGS, Sample, fit_costs, fit_hardware, initial_hardware, operator_cases, predicted_seconds,
 )
 from laudnet.latency.costs import EngineCosts, prior_coefficients
 from laudnet.latency.hardware import load_record
-from laudnet.latency.measure import EngineConfig, measure_engines
-from laudnet.latency.suggest import suggest, write_config
-from laudnet.latency.validate import HELD_OUT, compare, held_out, validate, write_report
+from laudnet.latency.device.measure import EngineConfig, measure_engines
+from laudnet.latency.design.suggest import suggest, write_config
+from laudnet.latency.device.validate import HELD_OUT, compare, held_out, validate, write_report
 from laudnet.models.structure import model_shape
 from laudnet.sparse.plan import block_ops, expected_work
 from laudnet.train.config import load_config
@@ -38,10 +38,11 @@ def cases():
 
 
 def test_fit_recovers_hardware_parameters_from_synthetic_operators(cases):
-    true = dataclasses.replace(CPU, frequency_hz=2.2e9, dram_bandwidth=9e9, l2_bandwidth_ratio=6.0,
+    start = initial_hardware("cpu", 2)  # its SIMD lanes are this machine's (8 with AVX2, 16 with AVX-512)
+    true = dataclasses.replace(start, frequency_hz=2.2e9, dram_bandwidth=9e9, l2_bandwidth_ratio=6.0,
                                launch_time_s=3e-6, engine=None)
     samples = [Sample(str(op.dims), engine.analytic_seconds(true, op), (op,)) for op, _, _ in cases]
-    fitted = fit_hardware(initial_hardware("cpu", 2), samples)
+    fitted = fit_hardware(start, samples)
     for name in ("frequency_hz", "dram_bandwidth", "l2_bandwidth_ratio", "launch_time_s"):
         assert getattr(fitted, name) == pytest.approx(getattr(true, name), rel=1e-3), name
     assert (fitted.n_pes, fitted.lanes_per_pe) == (true.n_pes, true.lanes_per_pe)

@@ -13,6 +13,7 @@ from helpers import randomize_, randomize_maskers_
 from laudnet import create_model
 from laudnet.models.structure import model_shape
 from laudnet.sparse import convert
+from laudnet.sparse.kernels import TorchKernels
 from laudnet.sparse.plan import BlockWork, block_ops, expected_conv1_density, expected_work, head_ops, stem_ops, work_of_masks
 
 # Ops that only make views: no kernel runs.
@@ -81,14 +82,11 @@ def _trace_blocks(model, images):
     shape = model_shape(model, tuple(images.shape[-2:]))
     engine(images)  # warm caches (gather tables)
     results = []
+    kernels = TorchKernels()
     with torch.no_grad():
-        x = images.contiguous(memory_format=torch.channels_last)
-        x = torch.nn.functional.conv2d(x, engine.stem_weight, engine.stem_bias, engine.stem_stride,
-                                       engine.stem_padding).relu_()
-        if engine.stem_pool:
-            x = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+        x = engine.program.stem(kernels, images)
         for block_shape, block in zip(shape.blocks, engine.blocks):
-            source = block._source[0]
+            source = block.source
             masks = source.compute_masks(x)
             recorder = _Recorder(frozenset(b.untyped_storage().data_ptr() for b in block.buffers()))
             compute_masks = source.compute_masks
@@ -104,7 +102,7 @@ def _trace_blocks(model, images):
             inputs = x.clone()  # the block may overwrite its input
             try:
                 with recorder:
-                    y = block(inputs)
+                    y = block(kernels, inputs)
             finally:
                 del source.compute_masks
             results.append((block_shape, masks, recorder.ops))

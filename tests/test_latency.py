@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from laudnet.latency import BlockDensity, get_hardware, predict, resolve_shape
-from laudnet.latency import operators as op
-from laudnet.latency.search import channel_candidates, search_granularity, spatial_candidates
-from laudnet.latency.tiles import peak_channel_density
+from laudnet.latency.analytic import operators as op
+from laudnet.latency.design.search import channel_candidates, search_granularity, spatial_candidates
+from laudnet.latency.analytic.tiles import peak_channel_density
 from laudnet.models.registry import create_model
 
 # ResNet-50 at 224², latency_mode "add", reference-compatible residual totals in ms per batch,

@@ -64,12 +64,13 @@ def _branchless_forward(model: nn.Module, x: torch.Tensor, channel_bias: bool) -
     """The model with every residual branch removed (plus conv3's BN shift when only channels are off)."""
     x = model.forward_stem(x)
     for _, block in model.named_dynamic_blocks():
-        shortcut = block.projection(x) if block.projection is not None else x
+        layout = block.layout()
+        shortcut = layout.projection[1](layout.projection[0](x)) if layout.projection is not None else x
         if channel_bias:
-            bn = block.units()[2].norm
+            bn = layout.c.norm
             shift = bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
             shortcut = shortcut + shift[None, :, None, None]
-        x = block.out_activation(shortcut)
+        x = layout.out_act(shortcut)
     return model.forward_head(x)
 
 
@@ -144,7 +145,8 @@ def test_skipped_channels_are_exactly_zero(name):
 
     handles = []
     for block_name, block in model.named_dynamic_blocks():
-        _, b, c = block.units()
+        layout = block.layout()
+        b, c = layout.b, layout.c
         handles.append(b.conv.register_forward_pre_hook(keep((block_name, "b"))))
         handles.append(c.conv.register_forward_pre_hook(keep((block_name, "c"))))
     with torch.no_grad():
@@ -205,7 +207,8 @@ def test_garbage_outside_conv1_mask_does_not_change_the_output(name):
     assert 0.05 < float(clean.stats.macs_ratio.mean()) < 0.95
     handles, masks = [], {}
     for _, block in model.named_dynamic_blocks():
-        a, b, _ = block.units()
+        layout = block.layout()
+        a, b = layout.a, layout.b
 
         def corrupt(module, args, block=block):
             conv1_mask = masks[block.block_name].conv1.bool()

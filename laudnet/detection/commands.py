@@ -20,6 +20,7 @@ from .data import collate
 from .engine import detection_split, detector_from_checkpoint, stage_table, train_detector
 from .evaluation import CocoMetrics, DetectionEvalResult, evaluate_detector
 from .predict import predict, save_prediction
+from ..errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,17 +104,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     if not 0.0 <= args.score <= 1.0:
-        raise ValueError(f"--score must be in [0, 1], got {args.score}")
+        raise UsageError(f"--score must be in [0, 1], got {args.score}")
     checkpoint = load_checkpoint(args.checkpoint)
     model = detector_from_checkpoint(checkpoint, source=args.checkpoint)
     try:
         with Image.open(args.image) as file:
             array = np.array(file.convert("RGB"))
     except OSError as error:
-        raise ValueError(f"cannot read image {args.image}: {error}") from None
+        raise UsageError(f"cannot read image {args.image}: {error}") from None
     prediction = predict(model, torch.from_numpy(array).permute(2, 0, 1).float().div(255))
     if args.show_masks and not prediction.backbone_masks:
-        raise ValueError(f"{args.checkpoint} has no spatial or layer dynamics to show")
+        raise UsageError(f"{args.checkpoint} has no spatial or layer dynamics to show")
     drawn = save_prediction(args.output, array, prediction, list(checkpoint.get("classes") or []), args.score,
                             args.show_masks)
     print(f"wrote {args.output}: {drawn} detections with score >= {args.score:.2f}, "

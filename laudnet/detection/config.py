@@ -13,6 +13,7 @@ from pathlib import Path
 from ..train.config import RunConfig, check_choice, check_positive_ints
 from .data import SyntheticSettings
 from .models import BACKBONES, DETECTORS
+from ..errors import UsageError
 
 
 @dataclass
@@ -60,9 +61,9 @@ class DetectionConfig(RunConfig):
         check_choice("model", self.model, BACKBONES)
         check_positive_ints(self, "min_size", "max_size", "anchor_size", "synthetic_classes", "synthetic_objects")
         if not 0 <= self.trainable_layers <= 5:
-            raise ValueError(f"trainable_layers must be between 0 and 5, got {self.trainable_layers}")
+            raise UsageError(f"trainable_layers must be between 0 and 5, got {self.trainable_layers}")
         if not isinstance(self.detector_kwargs, dict):
-            raise ValueError(f"detector_kwargs must be a mapping, got {self.detector_kwargs!r}")
+            raise UsageError(f"detector_kwargs must be a mapping, got {self.detector_kwargs!r}")
         return self
 
     @property

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from ..io import PathLike, atomic_open, write_text
 from ..train.data import SHAPES, Box, cluttered_background, shape_mask
+from ..errors import UsageError
 
 Target = dict[str, torch.Tensor]
 
@@ -54,7 +55,7 @@ def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
     elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes)):
         rle = segmentation
     else:
-        raise ValueError(f"unreadable segmentation {str(segmentation)[:80]} (expected polygons or RLE)")
+        raise UsageError(f"unreadable segmentation {str(segmentation)[:80]} (expected polygons or RLE)")
     with warnings.catch_warnings():  # pycocotools' decoder predates NumPy 2's copy keyword; harmless
         warnings.filterwarnings("ignore", message=".*copy keyword", category=DeprecationWarning)
         return mask_utils.decode(rle).astype(np.uint8)
@@ -79,7 +80,7 @@ def annotations_to_target(annotations: list[dict], image_id: int, height: int, w
     if masks:
         for a in kept:
             if "segmentation" not in a:
-                raise ValueError(f"annotation {a.get('id')} of image {image_id} has no segmentation; "
+                raise UsageError(f"annotation {a.get('id')} of image {image_id} has no segmentation; "
                                  "Mask R-CNN needs instance masks")
         decoded = [decode_segmentation(a["segmentation"], height, width) for a in kept]
         target["masks"] = torch.from_numpy(np.stack(decoded)) if decoded else torch.zeros((0, height, width), dtype=torch.uint8)
@@ -187,10 +188,10 @@ def read_coco_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"annotation file {path} is not valid JSON: {error}") from None
+        raise UsageError(f"annotation file {path} is not valid JSON: {error}") from None
     problem = _coco_problem(data)
     if problem:
-        raise ValueError(f"annotation file {path} {problem}")
+        raise UsageError(f"annotation file {path} {problem}")
     return data
 
 
@@ -254,14 +255,14 @@ class SyntheticCocoShapes(DetectionDataset):
                  split: str = "train", train: bool | None = None, masks: bool = True) -> None:
         s = settings
         if not 1 <= s.num_classes <= len(SHAPES):
-            raise ValueError(f"synthetic classes must be between 1 and {len(SHAPES)}, got {s.num_classes}")
+            raise UsageError(f"synthetic classes must be between 1 and {len(SHAPES)}, got {s.num_classes}")
         if not 8 <= s.min_object <= s.max_object < s.min_size <= s.max_size:
-            raise ValueError("synthetic sizes must satisfy 8 <= min_object <= max_object < min_size <= max_size, got "
+            raise UsageError("synthetic sizes must satisfy 8 <= min_object <= max_object < min_size <= max_size, got "
                              f"objects {s.min_object}-{s.max_object}, images {s.min_size}-{s.max_size}")
         if s.max_objects < 1 or size < 1:
-            raise ValueError(f"synthetic data needs at least one image and one object, got {size} and {s.max_objects}")
+            raise UsageError(f"synthetic data needs at least one image and one object, got {size} and {s.max_objects}")
         if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+            raise UsageError(f"split must be 'train' or 'val', got {split!r}")
         self.settings = s
         self.seed = seed
         self.split = split

@@ -27,6 +27,7 @@ from .config import DetectionConfig
 from .data import CocoDetection, DetectionDataset, SyntheticCocoShapes, collate
 from .evaluation import DetectionEvalResult, evaluate_detector
 from .models import DETECTORS, build_detector, laud_backbone
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def build_detection_data(config: DetectionConfig) -> DetectionData:
     """Both sets of a run; their categories must agree."""
     data = DetectionData(detection_split(config, "train"), detection_split(config, "val"))
     if data.train.category_ids != data.val.category_ids:
-        raise ValueError(f"{config.data}: the training and validation annotations have different categories")
+        raise UsageError(f"{config.data}: the training and validation annotations have different categories")
     return data
 
 
@@ -79,7 +80,7 @@ def detector_from_checkpoint(checkpoint: PathLike | dict, map_location: str | to
     config = checkpoint.get("model_config")
     if not isinstance(config, dict) or config.get("name") not in DETECTORS:
         name = config.get("name") if isinstance(config, dict) else None
-        raise ValueError(f"{source} is not a laudnet detection checkpoint" + (f" (it holds a {name} model)" if name else ""))
+        raise UsageError(f"{source} is not a laudnet detection checkpoint" + (f" (it holds a {name} model)" if name else ""))
     model = build_detector(config["name"], **config.get("kwargs", {}))
     load_state_dict(model, extract_state_dict(checkpoint), source)
     return model

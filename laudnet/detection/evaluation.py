@@ -27,6 +27,7 @@ from ..train.distributed import DistEnv, all_reduce_sum
 from ..train.runner import autocast
 from .data import encode_mask
 from .models import laud_backbone
+from ..errors import UsageError
 
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
 
@@ -59,7 +60,7 @@ def coco_metrics(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: I
     No results at all scores zero (pycocotools cannot load an empty result list).
     """
     if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {', '.join(IOU_TYPES)}, got {iou_type!r}")
+        raise UsageError(f"iou_type must be one of {', '.join(IOU_TYPES)}, got {iou_type!r}")
     if not results:
         return CocoMetrics.zero()
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and tables

@@ -31,6 +31,7 @@ from ..dynamic.spec import PerStage
 from ..dynamic.stats import ModelStats
 from ..models import DynamicBackbone, create_model
 from ..models.weights import WeightsArg
+from ..errors import UsageError
 
 DETECTORS: tuple[str, ...] = ("retinanet", "faster_rcnn", "mask_rcnn")
 BACKBONES: tuple[str, ...] = ("laud_resnet50", "laud_resnet101")
@@ -105,7 +106,7 @@ def build_laud_fpn(
     _check_choice("detector", detector, DETECTORS)
     _check_choice("backbone", backbone, BACKBONES)
     if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"trainable_layers must be between 0 and 5, got {trainable_layers}")
+        raise UsageError(f"trainable_layers must be between 0 and 5, got {trainable_layers}")
     body = create_model(backbone, mode=mode, spatial_granularity=spatial_granularity,
                         channel_granularity=channel_granularity, weights=weights_backbone, **(model_kwargs or {}))
     if frozen_bn:
@@ -159,7 +160,7 @@ def build_detector(
         "max_size": max_size, "representation_size": representation_size, "mask_head_channels": mask_head_channels,
         "model_kwargs": dict(model_kwargs or {}), **detector_kwargs})}
     if num_classes < 2:
-        raise ValueError(f"num_classes counts the background too and must be at least 2, got {num_classes}")
+        raise UsageError(f"num_classes counts the background too and must be at least 2, got {num_classes}")
     body = build_laud_fpn(detector, backbone, mode=mode, spatial_granularity=spatial_granularity,
                           channel_granularity=channel_granularity, weights_backbone=weights_backbone,
                           trainable_layers=trainable_layers, frozen_bn=frozen_bn, fpn_channels=fpn_channels,
@@ -195,9 +196,9 @@ def _plain_data(value: dict) -> dict:
     try:
         return json.loads(json.dumps(value))
     except TypeError as error:
-        raise ValueError(f"detector arguments must be plain data (numbers, strings, lists, dicts): {error}") from None
+        raise UsageError(f"detector arguments must be plain data (numbers, strings, lists, dicts): {error}") from None
 
 
 def _check_choice(name: str, value: str, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
-        raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
+        raise UsageError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")

@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from ..errors import UsageError
 
 TEMPERATURE_SCHEDULES: tuple[str, ...] = ("exp", "linear", "cosine")
 
@@ -40,9 +41,9 @@ def temperature_at(progress: float, t0: float = 5.0, t_last: float = 0.1, schedu
     ``cosine`` along half a cosine.
     """
     if schedule not in TEMPERATURE_SCHEDULES:
-        raise ValueError(f"unknown temperature schedule {schedule!r}; accepted: {', '.join(TEMPERATURE_SCHEDULES)}")
+        raise UsageError(f"unknown temperature schedule {schedule!r}; accepted: {', '.join(TEMPERATURE_SCHEDULES)}")
     if t0 <= 0 or t_last <= 0:
-        raise ValueError(f"temperatures must be positive, got t0={t0}, t_last={t_last}")
+        raise UsageError(f"temperatures must be positive, got t0={t0}, t_last={t_last}")
     p = min(max(progress, 0.0), 1.0)
     if schedule == "exp":
         return t0 * (t_last / t0) ** p

@@ -21,14 +21,16 @@ def grid_size(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
 
 
 def expand_cells(cells: torch.Tensor, granularity: int, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Expand a ``(B, 1, gh, gw)`` cell mask to pixels ``(B, 1, H, W)``; cells at the border are cropped.
+    """Expand a ``(B, 1, gh, gw)`` cell mask to pixels ``(B, 1, H, W)`` (contiguous); cells at the border are cropped.
 
     A single cell (layer skipping) stays ``(B, 1, 1, 1)`` and broadcasts.
     """
     if cells.shape[-2:] == (1, 1):
         return cells
     pixels = cells.repeat_interleave(granularity, dim=2).repeat_interleave(granularity, dim=3)
-    return pixels[:, :, : out_hw[0], : out_hw[1]]
+    if tuple(pixels.shape[-2:]) == tuple(out_hw):
+        return pixels
+    return pixels[:, :, : out_hw[0], : out_hw[1]].contiguous()  # cropped, in one block of memory
 
 
 def input_mask(out_mask: torch.Tensor, in_hw: tuple[int, int], kernel: int = 3, stride: int = 1) -> torch.Tensor:

@@ -13,6 +13,7 @@ from torch import nn
 
 from .gates import gate
 from .geometry import grid_size
+from ..errors import UsageError
 
 # Initial (compute, skip) logit biases: every gate starts on, as in the official recipe.
 SPATIAL_BIASES = (5.0, 0.0)
@@ -59,8 +60,12 @@ class SpatialMasker(_Masker):
 
     def macs(self, out_hw: tuple[int, int]) -> int:
         """Multiply-accumulates of the 1×1 conv on the cell grid, per image."""
-        gh, gw = self.grid(out_hw)
-        return self.conv.in_channels * 2 * gh * gw
+        return self.conv_macs(self.conv.in_channels, self.grid(out_hw))
+
+    @staticmethod
+    def conv_macs(in_channels: int, grid: tuple[int, int]) -> int:
+        """MACs of the masker's 1×1 conv (two logits per cell) on a ``grid`` of cells."""
+        return in_channels * 2 * grid[0] * grid[1]
 
     def forward(self, x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
         """Return the ``(B, 1, gh, gw)`` 0/1 cell mask for input ``x``."""
@@ -80,15 +85,23 @@ class ChannelMasker(_Masker):
 
     def __init__(self, in_channels: int, num_groups: int, layers: int = 2, reduction: int = 16) -> None:
         super().__init__()
-        if layers not in (1, 2):
-            raise ValueError(f"channel masker layers must be 1 or 2, got {layers}")
         self.num_groups = num_groups
-        if layers == 2:
-            hidden = max(num_groups // reduction, 16)
-            self.layers = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * num_groups))
-        else:
-            self.layers = nn.Sequential(nn.Linear(in_channels, 2 * num_groups))
+        linears = [nn.Linear(i, o) for i, o in self.layer_sizes(in_channels, num_groups, layers, reduction)]
+        if len(linears) == 2:
+            linears.insert(1, nn.ReLU(inplace=True))
+        self.layers = nn.Sequential(*linears)
         _init_decision_layer(self.layers[-1], num_groups, CHANNEL_BIASES)
+
+    @staticmethod
+    def layer_sizes(in_channels: int, num_groups: int, layers: int = 2, reduction: int = 16) -> tuple[tuple[int, int], ...]:
+        """``(in, out)`` features of each linear layer: one, or two with a hidden width of
+        ``max(num_groups // reduction, 16)``."""
+        if layers not in (1, 2):
+            raise UsageError(f"channel masker layers must be 1 or 2, got {layers}")
+        if layers == 1:
+            return ((in_channels, 2 * num_groups),)
+        hidden = max(num_groups // reduction, 16)
+        return ((in_channels, hidden), (hidden, 2 * num_groups))
 
     def macs(self) -> int:
         """Multiply-accumulates of the linear layers, per image."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence, Union
+from ..errors import UsageError
 
 MODES: tuple[str, ...] = ("static", "spatial", "channel", "layer", "both")
 NUM_STAGES = 4
@@ -106,14 +107,14 @@ def parse_per_stage(value: PerStage, num_stages: int, name: str, convert) -> tup
     elif isinstance(value, Sequence):
         items = list(value)
     else:
-        raise ValueError(
+        raise UsageError(
             f"{name}: expected one value or {num_stages} values (a list or a dash-separated "
             f"string), got {value!r}"
         )
     if len(items) == 1:
         items = items * num_stages
     if len(items) != num_stages:
-        raise ValueError(
+        raise UsageError(
             f"{name}: expected one value or {num_stages} values (one per stage), got "
             f"{len(items)} in {value!r}"
         )
@@ -123,12 +124,12 @@ def parse_per_stage(value: PerStage, num_stages: int, name: str, convert) -> tup
 def _parse_mode(item, name: str) -> str:
     mode = str(item).strip().lower()
     if mode not in MODES:
-        raise ValueError(f"{name}: unknown mode {item!r}; accepted modes are {', '.join(MODES)}")
+        raise UsageError(f"{name}: unknown mode {item!r}; accepted modes are {', '.join(MODES)}")
     return mode
 
 
 def _parse_positive(item, name: str) -> int:
     text = str(item).strip()
     if isinstance(item, bool) or not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {item!r}")
+        raise UsageError(f"{name}: expected a positive integer, got {item!r}")
     return int(text)

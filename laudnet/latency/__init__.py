@@ -1,20 +1,21 @@
-"""Latency prediction for static and dynamic networks from an analytical hardware model.
+"""Latency prediction for static and dynamic networks.
 
-``predict(model, hardware, mode=..., density=...)`` walks a backbone's blocks and adds up
-operator latencies (:mod:`.operators`) on a :class:`Hardware` (a preset, a YAML spec or
-an instance); ``search_granularity`` picks per stage the spatial/channel granularity
-with the lowest predicted latency.
+``predict(model, hardware, mode=..., density=...)`` walks a backbone's blocks and adds up their
+latencies on a latency model: the paper's analytic GPU model (:mod:`.analytic`, for a preset, a
+YAML spec or an instance of :class:`Hardware`) or a profile calibrated on the user's device
+(:mod:`.calibrated`, written by :func:`.device.calibrate.calibrate`); :func:`latency_model` picks
+one, and everything that predicts takes either.
 
-On the user's own device, :func:`.calibrate.calibrate` measures the sparse engine and fits a
-profile (a :class:`Hardware` with engine costs), :func:`.validate.validate` compares its
-predictions with measurements on held-out configurations, and :func:`.suggest.suggest` picks the
-mode, granularities and density predicted to meet a latency target.
+* :mod:`.device`: measuring the sparse engine here — calibrating a profile, validating it on
+  held-out configurations;
+* :mod:`.design`: per-stage granularity search (:func:`search_granularity`) and the configuration
+  predicted to meet a latency target (:func:`.design.suggest.suggest`).
 """
 
-from .blocks import BlockDensity, BlockLatency, block_latency
+from .design.search import GranularityResult, StageChoice, search_granularity
 from .hardware import PRESETS, Hardware, get_hardware, list_presets, load_hardware, save_hardware
-from .model import LatencyReport, predict, resolve_shape
-from .search import GranularityResult, StageChoice, search_granularity
+from .interface import BlockDensity, BlockLatency, LatencyModel
+from .predict import LatencyReport, block_latency, latency_model, predict, resolve_shape
 from .summary import RunSummary, block_densities, read_summary
 
 __all__ = [
@@ -22,12 +23,15 @@ __all__ = [
     "BlockLatency",
     "GranularityResult",
     "Hardware",
+    "LatencyModel",
     "LatencyReport",
     "PRESETS",
     "RunSummary",
+    "StageChoice",
     "block_densities",
     "block_latency",
     "get_hardware",
+    "latency_model",
     "list_presets",
     "load_hardware",
     "predict",
@@ -35,5 +39,4 @@ __all__ = [
     "resolve_shape",
     "save_hardware",
     "search_granularity",
-    "StageChoice",
 ]

@@ -13,8 +13,9 @@ from ..io import atomic_open
 from ..models.commands import add_spec_arguments
 from ..reporting import dumps, format_table, to_jsonable
 from .hardware import list_presets, save_hardware
-from .model import LatencyReport, predict
-from .search import GranularityResult, search_granularity
+from .predict import LatencyReport, predict
+from .design.search import GranularityResult, search_granularity
+from ..errors import UsageError
 
 PLOT_MODES: tuple[str, ...] = ("spatial", "channel", "layer", "both")
 
@@ -231,9 +232,9 @@ def run_plot(args: argparse.Namespace) -> int:
     modes = [m for m in args.modes.split("-") if m]
     unknown = [m for m in modes if m not in MODES or m == "static"]
     if unknown or not modes:
-        raise ValueError(f"--modes: expected dynamic modes among {', '.join(PLOT_MODES)}, got {args.modes!r}")
+        raise UsageError(f"--modes: expected dynamic modes among {', '.join(PLOT_MODES)}, got {args.modes!r}")
     if args.points < 2:
-        raise ValueError(f"--points must be at least 2, got {args.points}")
+        raise UsageError(f"--points must be at least 2, got {args.points}")
     common = dict(batch=args.batch, input_size=args.input)
     static = predict(args.model, args.hardware, mode="static", **common)
     densities = [i / (args.points - 1) for i in range(args.points)]
@@ -273,9 +274,9 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * (scale or 1.0)
     except ValueError:
-        raise ValueError(f"duration: expected seconds or a number with s, m or h (e.g. 5m), got {text!r}") from None
+        raise UsageError(f"duration: expected seconds or a number with s, m or h (e.g. 5m), got {text!r}") from None
     if seconds <= 0:
-        raise ValueError(f"duration must be positive, got {text!r}")
+        raise UsageError(f"duration must be positive, got {text!r}")
     return seconds
 
 
@@ -312,7 +313,7 @@ def _load_warning(load: tuple[float, ...]) -> str | None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
+    from .device.calibrate import calibrate
 
     budget = parse_duration(args.budget)
     warning = _load_warning(os.getloadavg())
@@ -335,7 +336,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from .validate import validate, write_report
+    from .device.validate import validate, write_report
 
     bars = _Bars(not args.no_progress and not args.json)
     report = validate(args.hardware, repeats=args.repeats, budget_s=parse_duration(args.budget),
@@ -369,7 +370,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_suggest(args: argparse.Namespace) -> int:
-    from .suggest import suggest, write_config
+    from .design.suggest import suggest, write_config
 
     modes = tuple(m for m in args.modes.split("-") if m)
     result = suggest(args.model, args.hardware, args.target_ms, batch=args.batch, input_size=args.input, modes=modes)
@@ -403,12 +404,12 @@ def _measure_suggestion(result, hardware: str):
     import torch
 
     from .hardware import get_hardware
-    from .measure import EngineConfig, measure_engines
-    from .validate import compare
+    from .device.measure import EngineConfig, measure_engines
+    from .device.validate import compare
 
     hw = get_hardware(hardware)
     if not hw.calibrated:
-        raise ValueError(f"--measure needs a calibrated profile (laudnet calibrate); {hw.name} is not one")
+        raise UsageError(f"--measure needs a calibrated profile (laudnet calibrate); {hw.name} is not one")
     config = EngineConfig(result.model, (result.input_size, result.input_size), result.choice.spec,
                           result.choice.density, result.batch)
     previous = torch.get_num_threads()

@@ -2,10 +2,10 @@
 
 A calibrated profile prices every primitive operation of the sparse engine
 (:mod:`laudnet.sparse.plan`) as a weighted sum of a few features, each a time in seconds computed
-from the operation's sizes and the profile's hardware parameters (:mod:`.engine` computes them):
+from the operation's sizes and the profile's hardware parameters (:mod:`.calibrated.pricing` computes them):
 
 * ``launch``: the hardware's ``launch_time_s`` (a fixed cost per call);
-* ``analytic``: the analytic operator model (:mod:`.operators`) on the fitted hardware;
+* ``analytic``: the analytic operator model (:mod:`.analytic.operators`) on the fitted hardware;
 * ``compute``: multiply-accumulates at the peak rate;
 * ``inputs`` / ``weights`` / ``outputs``: the words read, the weights read, the words written, at
   the DRAM bandwidth;
@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..sparse.plan import OP_KINDS
+from ..sparse.kernels import OP_KINDS
+from ..errors import UsageError
 
 FEATURES: tuple[str, ...] = ("launch", "analytic", "compute", "inputs", "weights", "outputs", "rows")
 OVERHEAD_KINDS: tuple[str, ...] = ("glue", "block", "model")
@@ -56,20 +57,20 @@ class EngineCosts:
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
-            raise ValueError(f"engine device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise UsageError(f"engine device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
-            raise ValueError(f"engine threads must be a positive integer, got {self.threads!r}")
+            raise UsageError(f"engine threads must be a positive integer, got {self.threads!r}")
         known = OP_KINDS + OVERHEAD_KINDS
         for kind, values in self.coefficients:
             if kind not in known:
-                raise ValueError(f"engine costs: unknown kind {kind!r}; known kinds are {', '.join(known)}")
+                raise UsageError(f"engine costs: unknown kind {kind!r}; known kinds are {', '.join(known)}")
             for name, value in values:
                 if name not in kind_features(kind):
-                    raise ValueError(
+                    raise UsageError(
                         f"engine costs of {kind}: unknown feature {name!r}; known: {', '.join(kind_features(kind))}"
                     )
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                    raise ValueError(f"engine costs of {kind}: {name} must be a number >= 0, got {value!r}")
+                    raise UsageError(f"engine costs of {kind}: {name} must be a number >= 0, got {value!r}")
 
     def of(self, kind: str) -> dict[str, float]:
         """The coefficients of ``kind``, with priors where none were fitted."""
@@ -84,11 +85,11 @@ class EngineCosts:
     def build(cls, device: str, threads: int, coefficients: Mapping[str, Mapping[str, float]]) -> "EngineCosts":
         """From a mapping kind → feature → weight (the YAML form)."""
         if not isinstance(coefficients, Mapping):
-            raise ValueError(f"engine costs must map kinds to their feature weights, got {coefficients!r}")
+            raise UsageError(f"engine costs must map kinds to their feature weights, got {coefficients!r}")
         pairs = []
         for kind, values in coefficients.items():
             if not isinstance(values, Mapping):
-                raise ValueError(f"engine costs of {kind}: expected a mapping of feature weights, got {values!r}")
+                raise UsageError(f"engine costs of {kind}: expected a mapping of feature weights, got {values!r}")
             pairs.append((str(kind), tuple((str(k), _number(kind, k, v)) for k, v in values.items())))
         return cls(device, threads, tuple(pairs))
 
@@ -106,5 +107,5 @@ def _number(kind: str, name: str, value: Any) -> float:
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"engine costs of {kind}: {name} must be a number, got {value!r}") from None
+            raise UsageError(f"engine costs of {kind}: {name} must be a number, got {value!r}") from None
     return value

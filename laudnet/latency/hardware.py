@@ -29,6 +29,7 @@ import yaml
 
 from ..io import write_text
 from .costs import EngineCosts
+from ..errors import UsageError
 
 LATENCY_MODES: tuple[str, ...] = ("add", "max")
 RECORD_KEY = "calibration"
@@ -55,9 +56,9 @@ class Hardware:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"hardware name: expected a non-empty string, got {self.name!r}")
+            raise UsageError(f"hardware name: expected a non-empty string, got {self.name!r}")
         if self.engine is not None and not isinstance(self.engine, EngineCosts):
-            raise ValueError(f"hardware {self.name}: engine must be EngineCosts, got {type(self.engine).__name__}")
+            raise UsageError(f"hardware {self.name}: engine must be EngineCosts, got {type(self.engine).__name__}")
         for f in dataclasses.fields(self):
             if f.name in ("name", "latency_mode", "engine"):
                 continue
@@ -66,11 +67,11 @@ class Hardware:
             valid_type = isinstance(value, int) if integral else isinstance(value, (int, float))
             if isinstance(value, bool) or not valid_type:
                 kind = "an integer" if integral else "a number"
-                raise ValueError(f"hardware {self.name}: {f.name} must be {kind}, got {value!r}")
+                raise UsageError(f"hardware {self.name}: {f.name} must be {kind}, got {value!r}")
             if not value > 0 and not (f.name == "launch_time_s" and value == 0):
-                raise ValueError(f"hardware {self.name}: {f.name} must be positive, got {value!r}")
+                raise UsageError(f"hardware {self.name}: {f.name} must be positive, got {value!r}")
         if self.latency_mode not in LATENCY_MODES:
-            raise ValueError(
+            raise UsageError(
                 f"hardware {self.name}: latency_mode must be one of {', '.join(LATENCY_MODES)}, "
                 f"got {self.latency_mode!r}"
             )
@@ -136,7 +137,7 @@ def get_hardware(spec: HardwareLike) -> Hardware:
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
         return load_hardware(path)
-    raise ValueError(
+    raise UsageError(
         f"unknown hardware {str(spec)!r}: use a preset ({', '.join(PRESETS)}) or a path to a YAML spec"
     )
 
@@ -157,7 +158,7 @@ def load_hardware(path: Union[str, os.PathLike]) -> Hardware:
     except ValueError as error:
         message = str(error)
         prefix = f"hardware spec {path}: "
-        raise ValueError(message if message.startswith(prefix) else prefix + message) from None
+        raise UsageError(message if message.startswith(prefix) else prefix + message) from None
 
 
 def load_record(path: Union[str, os.PathLike]) -> dict[str, Any]:
@@ -172,20 +173,20 @@ def _read_spec(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"hardware spec {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise UsageError(f"hardware spec {path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"hardware spec {path}: expected a mapping of parameters, got {type(data).__name__}")
+        raise UsageError(f"hardware spec {path}: expected a mapping of parameters, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(Hardware)}
     known = list(fields) + [RECORD_KEY]
     unknown = sorted(set(map(str, data)) - set(known))
     if unknown:
-        raise ValueError(f"hardware spec {path}: unknown keys {', '.join(unknown)}; known keys are {', '.join(known)}")
+        raise UsageError(f"hardware spec {path}: unknown keys {', '.join(unknown)}; known keys are {', '.join(known)}")
     required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n != "name"]
     missing = [n for n in required if n not in data]
     if missing:
-        raise ValueError(f"hardware spec {path}: missing {', '.join(missing)}")
+        raise UsageError(f"hardware spec {path}: missing {', '.join(missing)}")
     if not isinstance(data.get(RECORD_KEY, {}), dict):
-        raise ValueError(f"hardware spec {path}: {RECORD_KEY} must be a mapping")
+        raise UsageError(f"hardware spec {path}: {RECORD_KEY} must be a mapping")
     return data
 
 
@@ -203,13 +204,13 @@ def save_hardware(
 def _engine(value: Any) -> EngineCosts:
     """The ``engine`` section: device, threads and per-kind costs."""
     if not isinstance(value, dict):
-        raise ValueError(f"engine must be a mapping with device, threads and costs, got {value!r}")
+        raise UsageError(f"engine must be a mapping with device, threads and costs, got {value!r}")
     unknown = sorted(set(map(str, value)) - {"device", "threads", "costs"})
     if unknown:
-        raise ValueError(f"engine: unknown keys {', '.join(unknown)}; known keys are device, threads, costs")
+        raise UsageError(f"engine: unknown keys {', '.join(unknown)}; known keys are device, threads, costs")
     missing = [k for k in ("device", "threads") if k not in value]
     if missing:
-        raise ValueError(f"engine: missing {', '.join(missing)}")
+        raise UsageError(f"engine: missing {', '.join(missing)}")
     return EngineCosts.build(value["device"], value["threads"], value.get("costs") or {})
 
 
@@ -220,9 +221,9 @@ def _coerce(path: Path, key: str, value: Any, kind: Any) -> Any:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"hardware spec {path}: {key} must be a number, got {value!r}") from None
+        raise UsageError(f"hardware spec {path}: {key} must be a number, got {value!r}") from None
     if kind in ("int", int):
         if number != int(number):
-            raise ValueError(f"hardware spec {path}: {key} must be an integer, got {value!r}")
+            raise UsageError(f"hardware spec {path}: {key} must be an integer, got {value!r}")
         return int(number)
     return number

@@ -15,7 +15,8 @@ from typing import Any, Union
 
 from ..dynamic.spec import DynamicSpec
 from ..models.structure import ModelShape, parse_input_size
-from .blocks import BlockDensity
+from .interface import BlockDensity
+from ..errors import UsageError
 
 DENSITY_KEYS: dict[str, str] = {
     "conv1": "conv1_density",
@@ -44,30 +45,30 @@ def read_summary(path: Union[str, os.PathLike]) -> RunSummary:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"summary {path}: not valid JSON ({error})") from None
+        raise UsageError(f"summary {path}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"summary {path}: expected a JSON object, got {type(data).__name__}")
+        raise UsageError(f"summary {path}: expected a JSON object, got {type(data).__name__}")
     blocks = data.get("blocks")
     if not isinstance(blocks, list) or not blocks:
-        raise ValueError(f"summary {path}: 'blocks' must be a non-empty list of per-block densities")
+        raise UsageError(f"summary {path}: 'blocks' must be a non-empty list of per-block densities")
     densities = {}
     for i, entry in enumerate(blocks):
         name, density = _block_entry(path, i, entry)
         if name in densities:
-            raise ValueError(f"summary {path}: block {name!r} appears twice")
+            raise UsageError(f"summary {path}: block {name!r} appears twice")
         densities[name] = density
     spec = None
     if data.get("spec") is not None:
         if not isinstance(data["spec"], dict):
-            raise ValueError(f"summary {path}: 'spec' must be an object with mode and granularities")
+            raise UsageError(f"summary {path}: 'spec' must be an object with mode and granularities")
         try:
             spec = DynamicSpec.build(**data["spec"])
         except (TypeError, ValueError) as error:
-            raise ValueError(f"summary {path}: bad 'spec': {error}") from None
+            raise UsageError(f"summary {path}: bad 'spec': {error}") from None
     input_size = parse_input_size(data["input_size"]) if data.get("input_size") is not None else None
     model = data.get("model")
     if model is not None and not isinstance(model, str):
-        raise ValueError(f"summary {path}: 'model' must be a model name, got {model!r}")
+        raise UsageError(f"summary {path}: 'model' must be a model name, got {model!r}")
     return RunSummary(str(path), densities, model, spec, input_size)
 
 
@@ -82,7 +83,7 @@ def block_densities(summary: RunSummary, shape: ModelShape) -> tuple[BlockDensit
             detail.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
         if extra:
             detail.append(f"unknown {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}")
-        raise ValueError(
+        raise UsageError(
             f"summary {summary.path}: its {len(summary.densities)} blocks do not match the "
             f"{len(names)} blocks of {shape.name} ({'; '.join(detail)})"
         )
@@ -91,13 +92,13 @@ def block_densities(summary: RunSummary, shape: ModelShape) -> tuple[BlockDensit
 
 def _block_entry(path: Path, index: int, entry: Any) -> tuple[str, BlockDensity]:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise ValueError(f"summary {path}: blocks[{index}] must be an object with a 'name'")
+        raise UsageError(f"summary {path}: blocks[{index}] must be an object with a 'name'")
     values = {}
     for field_name, key in DENSITY_KEYS.items():
         if key not in entry:
-            raise ValueError(f"summary {path}: block {entry['name']!r} lacks {key}")
+            raise UsageError(f"summary {path}: block {entry['name']!r} lacks {key}")
         values[field_name] = entry[key]
     try:
         return entry["name"], BlockDensity(**values)
     except ValueError as error:
-        raise ValueError(f"summary {path}: block {entry['name']!r}: {error}") from None
+        raise UsageError(f"summary {path}: block {entry['name']!r}: {error}") from None

@@ -12,7 +12,9 @@ from ..dynamic.maskers import _Masker
 from ..dynamic.spec import DynamicSpec
 from ..dynamic.stats import BlockStats, ModelStats
 from .blocks import DynamicBottleneck
+from .family import family_of
 from .structure import model_shape
+from ..errors import UsageError
 
 
 @dataclass
@@ -46,9 +48,6 @@ class DynamicBackbone(nn.Module):
         self._outside_macs: dict[tuple[int, int], tuple[int, int]] = {}
 
     # -- what subclasses provide ------------------------------------------------------------
-    def stages(self) -> list[nn.Sequential]:
-        raise NotImplementedError
-
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -56,6 +55,10 @@ class DynamicBackbone(nn.Module):
         raise NotImplementedError
 
     # -- blocks, maskers and parameters -----------------------------------------------------
+    def stages(self) -> list[nn.Sequential]:
+        """The residual stages, as the model's family lays them out."""
+        return family_of(self).stages(self)
+
     def named_dynamic_blocks(self) -> Iterator[tuple[str, DynamicBottleneck]]:
         """Every residual block, with its torchvision-style name (``layer1.0``, ...)."""
         for stage in self.stages():
@@ -68,7 +71,7 @@ class DynamicBackbone(nn.Module):
     def set_temperature(self, temperature: float) -> None:
         """Set the Gumbel-softmax temperature of every masker (the trainer's schedule calls this)."""
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise UsageError(f"temperature must be positive, got {temperature}")
         for masker in self.maskers():
             masker.temperature = float(temperature)
 

@@ -3,8 +3,8 @@
 Both families compute ``act(shortcut(x) + mask · c(se(b(a(x)))))`` with a 1×1 conv ``a``,
 a 3×3 (possibly grouped, possibly strided) conv ``b``, an optional squeeze-excitation and
 a 1×1 conv ``c``. Subclasses only create the layers under torchvision's names (so their
-state_dict keys are torchvision's) and say where they are; the forward pass, the masks and
-the statistics are written once, here.
+state_dict keys are torchvision's); their family adapter (:mod:`.family`) says where they
+are. The forward pass, the masks and the statistics are written once, here.
 
 What a stage's :class:`~laudnet.dynamic.spec.StageSpec` switches on:
 
@@ -27,8 +27,9 @@ from ..dynamic.geometry import expand_cells, input_mask
 from ..dynamic.maskers import ChannelMasker, SpatialMasker
 from ..dynamic.spec import StageSpec
 from ..dynamic.stats import BlockStats
-from ..macs import block_dynamic_macs
-from .structure import BlockShape, conv_output_hw
+from ..errors import UsageError
+from .family import BlockLayout, Family
+from .structure import BlockShape, block_shape, conv_output_hw
 
 CHANNEL_MASK_PLACEMENTS: tuple[str, ...] = ("after_act", "before_bn")
 
@@ -48,17 +49,11 @@ class BlockMasks:
     channel: torch.Tensor | None
 
 
-@dataclass(frozen=True)
-class Unit:
-    """A conv, its norm and its (optional) activation."""
-
-    conv: nn.Conv2d
-    norm: nn.Module
-    act: nn.Module | None
-
-
 class DynamicBottleneck(nn.Module):
-    """Base class: subclasses create layers, then call :meth:`_add_maskers`."""
+    """Base class: subclasses create layers, then call :meth:`_add_maskers`; their ``family``
+    adapter describes the layout."""
+
+    family: Family
 
     def __init__(
         self,
@@ -71,7 +66,7 @@ class DynamicBottleneck(nn.Module):
     ) -> None:
         super().__init__()
         if channel_mask_placement not in CHANNEL_MASK_PLACEMENTS:
-            raise ValueError(
+            raise UsageError(
                 f"channel_mask_placement must be one of {', '.join(CHANNEL_MASK_PLACEMENTS)}, "
                 f"got {channel_mask_placement!r}"
             )
@@ -79,47 +74,36 @@ class DynamicBottleneck(nn.Module):
         self.stage = stage
         self.spec = spec
         self.channel_mask_placement = channel_mask_placement
-        self._masker_options = (masker_layers, masker_reduction)
+        self.masker_options = (masker_layers, masker_reduction)
         self.masker_spatial: SpatialMasker | None = None
         self.masker_channel: ChannelMasker | None = None
         self.last_stats: BlockStats | None = None
 
-    # -- what subclasses provide ------------------------------------------------------------
-    def units(self) -> tuple[Unit, Unit, Unit]:
-        raise NotImplementedError
-
-    @property
-    def se(self) -> nn.Module | None:
-        return None
-
-    @property
-    def projection(self) -> nn.Module | None:
-        raise NotImplementedError
-
-    @property
-    def out_activation(self) -> nn.Module:
-        raise NotImplementedError
+    def layout(self) -> BlockLayout:
+        """The block's layers, as its family lays them out (read on every call: detection swaps norms)."""
+        return self.family.block(self)
 
     # -- construction ---------------------------------------------------------------------
     def _add_maskers(self) -> None:
-        a, b, _ = self.units()
+        layout = self.layout()
+        a, b = layout.a, layout.b
         width, groups = a.conv.out_channels, b.conv.groups
         spec = self.spec
         if spec.has_channel:
             g = spec.channel_granularity
             group_width = width // groups
             if width % g != 0:
-                raise ValueError(
+                raise UsageError(
                     f"channel_granularity G={g} does not divide the width {width} of {self.block_name} "
                     f"(stage {self.stage + 1}); accepted: divisors of {width}"
                 )
             if groups > 1 and g % group_width != 0:
-                raise ValueError(
+                raise UsageError(
                     f"channel_granularity G={g} would split the conv groups of width {group_width} in "
                     f"{self.block_name} (stage {self.stage + 1}); accepted: multiples of {group_width} "
                     f"that divide {width}"
                 )
-            layers, reduction = self._masker_options
+            layers, reduction = self.masker_options
             self.masker_channel = ChannelMasker(a.conv.in_channels, width // g, layers, reduction)
         if spec.has_spatial:
             self.masker_spatial = SpatialMasker(
@@ -129,37 +113,13 @@ class DynamicBottleneck(nn.Module):
     # -- structure ------------------------------------------------------------------------
     def shape_at(self, in_hw: tuple[int, int]) -> BlockShape:
         """The block's static structure for an input of spatial size ``in_hw``."""
-        a, b, c = self.units()
-        se = self.se
-        return BlockShape(
-            name=self.block_name,
-            stage=self.stage,
-            in_channels=a.conv.in_channels,
-            width=a.conv.out_channels,
-            out_channels=c.conv.out_channels,
-            stride=b.conv.stride[0],
-            groups=b.conv.groups,
-            se_channels=se.fc1.out_channels if se is not None else 0,
-            has_projection=self.projection is not None,
-            in_hw=tuple(in_hw),
-            out_hw=conv_output_hw(tuple(in_hw), 3, b.conv.stride[0], b.conv.padding[0]),
-            spec=self.spec,
-        )
-
-    def masker_macs(self, out_hw: tuple[int, int]) -> int:
-        """MACs of this block's maskers per image."""
-        total = 0
-        if self.masker_spatial is not None:
-            total += self.masker_spatial.macs(out_hw)
-        if self.masker_channel is not None:
-            total += self.masker_channel.macs()
-        return total
+        return block_shape(self.layout(), self.block_name, self.stage, in_hw, self.spec, self.masker_options)
 
     # -- forward --------------------------------------------------------------------------
     def compute_masks(self, x: torch.Tensor) -> BlockMasks:
         """Run the maskers on block input ``x`` and derive every pixel / channel mask."""
         in_hw = tuple(x.shape[-2:])
-        b = self.units()[1].conv
+        b = self.layout().b.conv
         cells = conv1 = conv3 = groups = channel = None
         if self.masker_spatial is not None:
             out_hw = conv_output_hw(in_hw, 3, b.stride[0], b.padding[0])
@@ -178,21 +138,21 @@ class DynamicBottleneck(nn.Module):
         ordinary modules: hooks fire and torchvision utilities can call them.
         """
         masks = self.compute_masks(x)
-        a, b, c = self.units()
+        layout = self.layout()
         channel = masks.channel[:, :, None, None] if masks.channel is not None else None
-        out = self._run_unit(a, x, channel)
-        out = self._run_unit(b, out, channel)
-        if self.se is not None:
-            out = self._squeeze_excite(out, masks.conv3)
-        out = c.norm(c.conv(out))
+        out = self._run_unit(layout.a, x, channel)
+        out = self._run_unit(layout.b, out, channel)
+        if layout.se is not None:
+            out = self._squeeze_excite(layout.se, out, masks.conv3)
+        out = layout.c.norm(layout.c.conv(out))
         if masks.conv3 is not None:
             out = out * masks.conv3
-        shortcut = self.projection(x) if self.projection is not None else x
-        out = self.out_activation(out + shortcut)
+        shortcut = layout.projection[1](layout.projection[0](x)) if layout.projection is not None else x
+        out = layout.out_act(out + shortcut)
         self.last_stats = self._stats(masks, tuple(x.shape[-2:]), x)
         return out
 
-    def _run_unit(self, unit: Unit, x: torch.Tensor, channel: torch.Tensor | None) -> torch.Tensor:
+    def _run_unit(self, unit, x: torch.Tensor, channel: torch.Tensor | None) -> torch.Tensor:
         y = unit.conv(x)
         if channel is not None and self.channel_mask_placement == "before_bn":
             y = y * channel
@@ -203,9 +163,9 @@ class DynamicBottleneck(nn.Module):
             y = y * channel
         return y
 
-    def _squeeze_excite(self, x: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def _squeeze_excite(se: nn.Module, x: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
         """Squeeze-excitation whose pooling averages over computed positions only."""
-        se = self.se
         if pixels is None or pixels.shape[-2:] == (1, 1):
             pooled = x.mean(dim=(2, 3), keepdim=True)
         else:
@@ -222,7 +182,7 @@ class DynamicBottleneck(nn.Module):
         d3 = masks.conv3.double().mean(dim=(1, 2, 3)) if masks.conv3 is not None else ones
         se_active = masks.cells.double().amax(dim=(1, 2, 3)) if masks.cells is not None else ones
         cd = masks.channel_groups.double().mean(dim=1) if masks.channel_groups is not None else ones
-        dynamic = block_dynamic_macs(shape, d1, d3, d3, cd, se_active, self.masker_macs(shape.out_hw))
+        dynamic = shape.dynamic_macs(d1, d3, d3, cd, se_active)
         return BlockStats(
             name=self.block_name,
             stage=self.stage,

@@ -10,6 +10,7 @@ from ..io import PathLike, load_checkpoint
 from .backbone import DynamicBackbone
 from .registry import create_model
 from .weights import extract_state_dict, load_state_dict
+from ..errors import UsageError
 
 
 def model_from_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> DynamicBackbone:
@@ -21,7 +22,7 @@ def model_from_checkpoint(path: PathLike, map_location: Union[str, torch.device]
     checkpoint = load_checkpoint(path, map_location)
     config = checkpoint.get("model_config")
     if not isinstance(config, dict) or "name" not in config:
-        raise ValueError(
+        raise UsageError(
             f"{path} has no 'model_config' (is it a laudnet checkpoint? torchvision and official LAUDNet "
             "weights load through create_model(..., weights=path))"
         )
@@ -34,5 +35,5 @@ def checkpoint_metadata(model: DynamicBackbone) -> dict:
     """The ``model_config`` entry to store beside a model's weights."""
     config = getattr(model, "build_config", None)
     if config is None:
-        raise ValueError("the model was not built through the laudnet registry, so it cannot be rebuilt from a checkpoint")
+        raise UsageError("the model was not built through the laudnet registry, so it cannot be rebuilt from a checkpoint")
     return config

@@ -12,6 +12,7 @@ import functools
 from typing import Callable
 
 from torch import nn
+from ..errors import UsageError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -31,7 +32,7 @@ def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module
     """
     name = builder.__name__
     if name in _BUILDERS:
-        raise ValueError(f"model {name!r} is already registered")
+        raise UsageError(f"model {name!r} is already registered")
 
     @functools.wraps(builder)
     def build(**kwargs) -> nn.Module:
@@ -64,7 +65,7 @@ def list_models(pattern: str = "*") -> list[str]:
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with the builder's keyword arguments."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+        raise UsageError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
     return _BUILDERS[name](**kwargs)
 
 

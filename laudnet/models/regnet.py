@@ -6,21 +6,60 @@ same names, so torchvision weights load as they are.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 import math
+from collections import OrderedDict
+from typing import Iterator
 
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.regnet import BlockParams, BottleneckTransform, SimpleStemIN
 from torchvision.ops.misc import Conv2dNormActivation
 
 from ..dynamic.spec import DynamicSpec, StageSpec
+from ..errors import UsageError
 from .backbone import DynamicBackbone
-from .blocks import DynamicBottleneck, Unit
+from .blocks import DynamicBottleneck
+from .family import BlockLayout, Family, StemLayout, Unit, register_family
+from .structure import ModelShape, bottleneck_model_shape
+
+
+class RegNetFamily(Family):
+    """torchvision's RegNet layout (``stem``, ``trunk_output`` stages of ``ResBottleneckBlock``
+    with ``f.a``/``f.b``/``f.se``/``f.c`` and ``proj``, ``fc``); LAUD-RegNetY keeps every name."""
+
+    name = "regnet"
+
+    def stem(self, model: nn.Module) -> StemLayout:
+        return StemLayout("stem", model.stem[0], model.stem[1], model.stem[2], None)
+
+    def stages(self, model: nn.Module) -> list[nn.Sequential]:
+        return list(model.trunk_output.children())
+
+    def block_names(self, model: nn.Module) -> Iterator[tuple[str, int, nn.Module]]:
+        for stage, (stage_name, stage_module) in enumerate(model.trunk_output.named_children()):
+            for block_name, block in stage_module.named_children():
+                yield f"trunk_output.{stage_name}.{block_name}", stage, block
+
+    def block(self, block: nn.Module) -> BlockLayout:
+        f = block.f
+        projection = (block.proj[0], block.proj[1]) if block.proj is not None else None
+        return BlockLayout(
+            Unit(f.a[0], f.a[1], f.a[2]), Unit(f.b[0], f.b[1], f.b[2]), Unit(f.c[0], f.c[1], None),
+            getattr(f, "se", None), projection, block.activation,
+        )
+
+    def shape(self, model: nn.Module, input_hw: tuple[int, int]) -> ModelShape:
+        return bottleneck_model_shape(model, input_hw)
+
+
+REGNET = RegNetFamily()
 
 
 class LaudRegNetBlock(DynamicBottleneck):
     """RegNet's ``ResBottleneckBlock`` as a dynamic block."""
+
+    family = REGNET
 
     def __init__(
         self, width_in: int, width_out: int, stride: int, group_width: int, bottleneck_multiplier: float,
@@ -36,22 +75,6 @@ class LaudRegNetBlock(DynamicBottleneck):
         self.f = BottleneckTransform(width_in, width_out, stride, norm, act, group_width, bottleneck_multiplier, se_ratio)
         self.activation = act(inplace=True)
         self._add_maskers()
-
-    def units(self) -> tuple[Unit, Unit, Unit]:
-        f = self.f
-        return (Unit(f.a[0], f.a[1], f.a[2]), Unit(f.b[0], f.b[1], f.b[2]), Unit(f.c[0], f.c[1], None))
-
-    @property
-    def se(self) -> nn.Module | None:
-        return getattr(self.f, "se", None)
-
-    @property
-    def projection(self) -> nn.Module | None:
-        return self.proj
-
-    @property
-    def out_activation(self) -> nn.Module:
-        return self.activation
 
 
 class LaudRegNet(DynamicBackbone):
@@ -74,7 +97,7 @@ class LaudRegNet(DynamicBackbone):
         width_in = stem_width
         params = list(block_params._get_expanded_params())
         if len(params) != len(spec.stages):
-            raise ValueError(f"RegNet has {len(params)} stages but the spec has {len(spec.stages)}")
+            raise UsageError(f"RegNet has {len(params)} stages but the spec has {len(spec.stages)}")
         for i, (width_out, stride, depth, group_width, multiplier) in enumerate(params):
             blocks = OrderedDict()
             for j in range(depth):
@@ -105,11 +128,11 @@ class LaudRegNet(DynamicBackbone):
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)
                 nn.init.zeros_(module.bias)
 
-    def stages(self) -> list[nn.Sequential]:
-        return list(self.trunk_output.children())
-
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.stem(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.avgpool(x).flatten(start_dim=1))
+
+
+register_family(REGNET, LaudRegNet, torchvision.models.RegNet)

@@ -6,20 +6,57 @@ as they are; maskers add ``masker_spatial`` / ``masker_channel`` parameters per 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
+import torchvision
 from torch import nn
 
 from ..dynamic.spec import DynamicSpec, StageSpec
+from ..errors import UsageError
 from .backbone import DynamicBackbone
-from .blocks import DynamicBottleneck, Unit
+from .blocks import DynamicBottleneck
+from .family import BlockLayout, Family, StemLayout, Unit, register_family
+from .structure import ModelShape, bottleneck_model_shape
+
+
+class ResNetFamily(Family):
+    """torchvision's ResNet layout (``conv1``/``bn1``/``maxpool``, ``layer1``-``layer4`` of
+    bottlenecks with ``conv1``-``conv3``, ``bn1``-``bn3`` and ``downsample``, ``fc``); LAUD-ResNet
+    keeps every name."""
+
+    name = "resnet"
+
+    def stem(self, model: nn.Module) -> StemLayout:
+        return StemLayout("conv1", model.conv1, model.bn1, model.relu, model.maxpool)
+
+    def stages(self, model: nn.Module) -> list[nn.Sequential]:
+        return [model.layer1, model.layer2, model.layer3, model.layer4]
+
+    def block_names(self, model: nn.Module) -> Iterator[tuple[str, int, nn.Module]]:
+        for stage, layer in enumerate(self.stages(model)):
+            for i, block in enumerate(layer):
+                yield f"layer{stage + 1}.{i}", stage, block
+
+    def block(self, block: nn.Module) -> BlockLayout:
+        projection = (block.downsample[0], block.downsample[1]) if block.downsample is not None else None
+        return BlockLayout(
+            Unit(block.conv1, block.bn1, block.relu), Unit(block.conv2, block.bn2, block.relu),
+            Unit(block.conv3, block.bn3, None), None, projection, block.relu,
+        )
+
+    def shape(self, model: nn.Module, input_hw: tuple[int, int]) -> ModelShape:
+        return bottleneck_model_shape(model, input_hw)
+
+
+RESNET = ResNetFamily()
 
 
 class LaudBottleneck(DynamicBottleneck):
     """ResNet bottleneck (expansion 4) as a dynamic block."""
 
     expansion = 4
+    family = RESNET
 
     def __init__(
         self, in_channels: int, planes: int, stride: int, project: bool, *, name: str, stage: int,
@@ -45,21 +82,6 @@ class LaudBottleneck(DynamicBottleneck):
         self.stride = stride
         self._add_maskers()
 
-    def units(self) -> tuple[Unit, Unit, Unit]:
-        return (
-            Unit(self.conv1, self.bn1, self.relu),
-            Unit(self.conv2, self.bn2, self.relu),
-            Unit(self.conv3, self.bn3, None),
-        )
-
-    @property
-    def projection(self) -> nn.Module | None:
-        return self.downsample
-
-    @property
-    def out_activation(self) -> nn.Module:
-        return self.relu
-
 
 class LaudResNet(DynamicBackbone):
     """A ResNet with bottleneck blocks whose stages follow a :class:`DynamicSpec`.
@@ -80,9 +102,9 @@ class LaudResNet(DynamicBackbone):
     ) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
-            raise ValueError(f"layers: expected 4 positive block counts, got {list(layers)}")
+            raise UsageError(f"layers: expected 4 positive block counts, got {list(layers)}")
         if width_multiplier <= 0:
-            raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
+            raise UsageError(f"width_multiplier must be positive, got {width_multiplier}")
         self.name = name
         self.dynamic_spec = spec
         base = max(8, int(round(64 * width_multiplier)))
@@ -120,11 +142,11 @@ class LaudResNet(DynamicBackbone):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def stages(self) -> list[nn.Sequential]:
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
-
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+register_family(RESNET, LaudResNet, torchvision.models.ResNet)

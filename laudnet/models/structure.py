@@ -2,21 +2,27 @@
 
 The latency predictor, the MACs counter and the CLI need the same facts about a model:
 the channels, strides and groups of every convolution and the feature size each runs at.
-:func:`model_shape` reads them off a model's modules (laudnet models and the torchvision
-ResNet / RegNet they mirror share module names), so they are never written down twice.
+:func:`model_shape` reads them off a model's modules through its family adapter
+(:mod:`.family`), so they are never written down twice; a block's MACs formula is
+:meth:`BlockShape.dynamic_macs`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TypeVar, Union
 
 import torch
 from torch import nn
 
+from ..dynamic.geometry import grid_size
+from ..dynamic.maskers import ChannelMasker, SpatialMasker
 from ..dynamic.spec import StageSpec
+from ..errors import UsageError
+from .family import BlockLayout, family_of
 
 InputSize = Union[int, tuple[int, int], str]
+Number = TypeVar("Number", float, torch.Tensor)
 
 
 def parse_input_size(size: InputSize) -> tuple[int, int]:
@@ -26,17 +32,17 @@ def parse_input_size(size: InputSize) -> tuple[int, int]:
         try:
             dims = tuple(int(p) for p in parts)
         except ValueError:
-            raise ValueError(f"input size: expected N or HxW with positive integers, got {size!r}") from None
+            raise UsageError(f"input size: expected N or HxW with positive integers, got {size!r}") from None
     elif isinstance(size, int) and not isinstance(size, bool):
         dims = (size,)
     elif isinstance(size, (tuple, list)):
         dims = tuple(size)
     else:
-        raise ValueError(f"input size: expected N, (H, W) or 'HxW', got {size!r}")
+        raise UsageError(f"input size: expected N, (H, W) or 'HxW', got {size!r}")
     if len(dims) == 1:
         dims = (dims[0], dims[0])
     if len(dims) != 2 or not all(isinstance(d, int) and d > 0 for d in dims):
-        raise ValueError(f"input size: expected N or HxW with positive integers, got {size!r}")
+        raise UsageError(f"input size: expected N or HxW with positive integers, got {size!r}")
     return dims  # type: ignore[return-value]
 
 
@@ -79,7 +85,11 @@ class PoolShape:
 
 @dataclass(frozen=True)
 class BlockShape:
-    """A residual bottleneck block: 1×1 → 3×3 (stride, groups) [→ SE] → 1×1, plus shortcut."""
+    """A residual bottleneck block: 1×1 → 3×3 (stride, groups) [→ SE] → 1×1, plus shortcut.
+
+    ``masker_layers`` / ``masker_reduction`` describe the channel masker a dynamic block of this
+    shape carries (see :meth:`ChannelMasker.layer_sizes`).
+    """
 
     name: str
     stage: int
@@ -93,6 +103,8 @@ class BlockShape:
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     spec: StageSpec = field(default_factory=StageSpec)
+    masker_layers: int = 2
+    masker_reduction: int = 16
 
     @property
     def conv1(self) -> ConvShape:
@@ -129,6 +141,51 @@ class BlockShape:
             total += self.projection.macs
         return total
 
+    @property
+    def channel_groups(self) -> int:
+        """Decisions of the channel masker: the width in groups of ``G`` channels."""
+        return self.width // self.spec.channel_granularity
+
+    @property
+    def spatial_grid(self) -> tuple[int, int]:
+        """Cells of the spatial masker (one for a whole-block gate)."""
+        return (1, 1) if self.spec.mode == "layer" else grid_size(self.out_hw, self.spec.spatial_granularity)
+
+    def channel_masker_sizes(self) -> tuple[tuple[int, int], ...]:
+        """``(in, out)`` features of each linear layer of the channel masker."""
+        return ChannelMasker.layer_sizes(self.in_channels, self.channel_groups, self.masker_layers, self.masker_reduction)
+
+    def masker_macs(self) -> int:
+        """MACs of the block's maskers per image (0 for a static block)."""
+        total = 0
+        if self.spec.has_spatial:
+            gh, gw = self.spatial_grid
+            total += SpatialMasker.conv_macs(self.in_channels, (gh, gw))
+        if self.spec.has_channel:
+            total += sum(i * o for i, o in self.channel_masker_sizes())
+        return total
+
+    def dynamic_macs(self, conv1: Number, conv2: Number, conv3: Number, channel: Number, se_active: Number) -> Number:
+        """Dynamic MACs per image at these densities (floats, or per-sample tensors), maskers included.
+
+        ``channel`` scales conv1's outputs, conv2's inputs and outputs and conv3's inputs. A
+        grouped conv2 never has a channel group split across conv groups, so skipping a channel
+        group removes whole conv groups and conv2 scales once, not squared. ``se_active`` (0 or 1)
+        says whether the squeeze-excitation runs at all: it is skipped with the block when no
+        position is computed. The projection shortcut always runs.
+        """
+        conv2_channels = channel * channel if self.groups == 1 else channel
+        total = (
+            self.conv1.macs * channel * conv1
+            + self.conv2.macs * conv2_channels * conv2
+            + self.conv3.macs * channel * conv3
+            + self.se_macs * channel * se_active
+            + self.masker_macs()
+        )
+        if self.projection is not None:
+            total = total + self.projection.macs
+        return total
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -154,7 +211,7 @@ class ModelShape:
 def model_shape(model: Union[nn.Module, str], input_size: InputSize = 224, **model_kwargs) -> ModelShape:
     """Describe ``model`` (a module, or a model name for :func:`laudnet.create_model`) at ``input_size``.
 
-    Works for laudnet's LAUD-ResNet / LAUD-RegNet and for torchvision's ResNet / RegNet.
+    Works for laudnet's models and the torchvision models they mirror (see :mod:`.family`).
     A name is built on the meta device, so no weights are allocated.
     """
     if isinstance(model, str):
@@ -162,13 +219,30 @@ def model_shape(model: Union[nn.Module, str], input_size: InputSize = 224, **mod
 
         with torch.device("meta"):
             model = create_model(model, **model_kwargs)
-    hw = parse_input_size(input_size)
-    name = getattr(model, "name", type(model).__name__)
-    if hasattr(model, "layer1") and hasattr(model, "maxpool"):
-        return _resnet_shape(model, name, hw)
-    if hasattr(model, "trunk_output"):
-        return _regnet_shape(model, name, hw)
-    raise TypeError(f"model_shape: {type(model).__name__} is neither a ResNet nor a RegNet backbone")
+    return family_of(model).shape(model, parse_input_size(input_size))
+
+
+def bottleneck_model_shape(model: nn.Module, hw: tuple[int, int]) -> ModelShape:
+    """The shape of a model whose family has a conv stem, residual bottlenecks and a linear head."""
+    family = family_of(model)
+    stem = family.stem(model)
+    stem_shape = _conv_shape(stem.name, stem.conv, hw)
+    cur, stem_pool = stem_shape.out_hw, None
+    if stem.pool is not None:
+        pool = stem.pool
+        cur = conv_output_hw(stem_shape.out_hw, pool.kernel_size, pool.stride, pool.padding)
+        stem_pool = PoolShape("maxpool", stem_shape.out_channels, pool.kernel_size, pool.stride, stem_shape.out_hw, cur)
+    spec = getattr(model, "dynamic_spec", None)
+    blocks = []
+    for name, stage, block in family.block_names(model):
+        shape = block_shape(family.block(block), name, stage, cur, spec.stages[stage] if spec else StageSpec(),
+                            getattr(block, "masker_options", (2, 16)))
+        blocks.append(shape)
+        cur = shape.out_hw
+    fc = family.head(model)
+    head = ConvShape("fc", fc.in_features, fc.out_features, 1, 1, 1, (1, 1), (1, 1))
+    return ModelShape(getattr(model, "name", type(model).__name__), family.name, hw, (stem_shape,), stem_pool,
+                      tuple(blocks), head)
 
 
 def _conv_shape(name: str, conv: nn.Conv2d, in_hw: tuple[int, int]) -> ConvShape:
@@ -178,64 +252,25 @@ def _conv_shape(name: str, conv: nn.Conv2d, in_hw: tuple[int, int]) -> ConvShape
     )
 
 
-def _block_shape(
-    name: str, stage: int, conv1: nn.Conv2d, conv2: nn.Conv2d, conv3: nn.Conv2d, se: nn.Module | None,
-    has_projection: bool, in_hw: tuple[int, int], spec: StageSpec,
+def block_shape(
+    layout: BlockLayout, name: str, stage: int, in_hw: tuple[int, int], spec: StageSpec,
+    masker_options: tuple[int, int] = (2, 16),
 ) -> BlockShape:
-    out_hw = conv_output_hw(in_hw, 3, conv2.stride[0], conv2.padding[0])
+    """The :class:`BlockShape` of a block laid out as ``layout`` on an input of size ``in_hw``."""
+    a, b, c = layout.a.conv, layout.b.conv, layout.c.conv
     return BlockShape(
         name=name,
         stage=stage,
-        in_channels=conv1.in_channels,
-        width=conv1.out_channels,
-        out_channels=conv3.out_channels,
-        stride=conv2.stride[0],
-        groups=conv2.groups,
-        se_channels=se.fc1.out_channels if se is not None else 0,
-        has_projection=has_projection,
-        in_hw=in_hw,
-        out_hw=out_hw,
+        in_channels=a.in_channels,
+        width=a.out_channels,
+        out_channels=c.out_channels,
+        stride=b.stride[0],
+        groups=b.groups,
+        se_channels=layout.se.fc1.out_channels if layout.se is not None else 0,
+        has_projection=layout.projection is not None,
+        in_hw=tuple(in_hw),
+        out_hw=conv_output_hw(tuple(in_hw), 3, b.stride[0], b.padding[0]),
         spec=spec,
+        masker_layers=masker_options[0],
+        masker_reduction=masker_options[1],
     )
-
-
-def _stage_spec(model: nn.Module, stage: int) -> StageSpec:
-    spec = getattr(model, "dynamic_spec", None)
-    return spec.stages[stage] if spec is not None else StageSpec()
-
-
-def _head(model: nn.Module) -> ConvShape:
-    fc = model.fc
-    return ConvShape("fc", fc.in_features, fc.out_features, 1, 1, 1, (1, 1), (1, 1))
-
-
-def _resnet_shape(model: nn.Module, name: str, hw: tuple[int, int]) -> ModelShape:
-    stem = _conv_shape("conv1", model.conv1, hw)
-    pool = model.maxpool
-    pool_hw = conv_output_hw(stem.out_hw, pool.kernel_size, pool.stride, pool.padding)
-    stem_pool = PoolShape("maxpool", stem.out_channels, pool.kernel_size, pool.stride, stem.out_hw, pool_hw)
-    blocks, cur = [], pool_hw
-    for stage in range(4):
-        for i, block in enumerate(getattr(model, f"layer{stage + 1}")):
-            shape = _block_shape(
-                f"layer{stage + 1}.{i}", stage, block.conv1, block.conv2, block.conv3, None,
-                block.downsample is not None, cur, _stage_spec(model, stage),
-            )
-            blocks.append(shape)
-            cur = shape.out_hw
-    return ModelShape(name, "resnet", hw, (stem,), stem_pool, tuple(blocks), _head(model))
-
-
-def _regnet_shape(model: nn.Module, name: str, hw: tuple[int, int]) -> ModelShape:
-    stem = _conv_shape("stem", model.stem[0], hw)
-    blocks, cur = [], stem.out_hw
-    for stage, (stage_name, stage_module) in enumerate(model.trunk_output.named_children()):
-        for block_name, block in stage_module.named_children():
-            f = block.f
-            shape = _block_shape(
-                f"trunk_output.{stage_name}.{block_name}", stage, f.a[0], f.b[0], f.c[0],
-                getattr(f, "se", None), block.proj is not None, cur, _stage_spec(model, stage),
-            )
-            blocks.append(shape)
-            cur = shape.out_hw
-    return ModelShape(name, "regnet", hw, (stem,), None, tuple(blocks), _head(model))

@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from ..io import load_checkpoint
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def resolve_weights(weights: WeightsArg, enum: type[WeightsEnum]) -> WeightsEnum
         return weights
     if isinstance(weights, WeightsEnum):
         if not isinstance(weights, enum):
-            raise ValueError(
+            raise UsageError(
                 f"weights {weights} belong to another architecture; this model accepts {enum.__name__} "
                 f"({', '.join(enum.__members__)})"
             )
@@ -47,11 +48,11 @@ def resolve_weights(weights: WeightsArg, enum: type[WeightsEnum]) -> WeightsEnum
             return enum.verify(text)
         if Path(text).exists():
             return Path(text)
-        raise ValueError(
+        raise UsageError(
             f"weights {text!r} is neither an existing file nor a {enum.__name__} value "
             f"({', '.join([*enum.__members__, 'DEFAULT'])})"
         )
-    raise ValueError(f"weights: expected None, a {enum.__name__}, its name or a file path, got {type(weights).__name__}")
+    raise UsageError(f"weights: expected None, a {enum.__name__}, its name or a file path, got {type(weights).__name__}")
 
 
 def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -62,7 +63,7 @@ def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
             break
     state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
     if not state:
-        raise ValueError("checkpoint holds no tensors (expected a state_dict, or one under 'model' / 'state_dict')")
+        raise UsageError("checkpoint holds no tensors (expected a state_dict, or one under 'model' / 'state_dict')")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
@@ -98,7 +99,7 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: st
         problems.append(f"unexpected keys {_some(unexpected)}")
     if problems:
         name = getattr(model, "name", type(model).__name__)
-        raise ValueError(f"cannot load {source} into {name}: " + "; ".join(problems))
+        raise UsageError(f"cannot load {source} into {name}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     fresh = [k for k in missing if ".masker_" in k]
     if fresh:

@@ -7,6 +7,6 @@ static model.
 
 from .benchmark import LatencyComparison, compare_latency
 from .calibration import DensityCalibration, calibrate_density
-from .engine import SparseModel, convert
+from .executor import SparseModel, convert
 
 __all__ = ["DensityCalibration", "LatencyComparison", "SparseModel", "calibrate_density", "compare_latency", "convert"]

@@ -20,7 +20,8 @@ from torch import nn
 
 from ..models.backbone import DynamicBackbone
 from ..models.registry import create_model
-from .engine import SparseModel, convert
+from .executor import SparseModel, convert
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def static_reference(model: DynamicBackbone) -> tuple[nn.Module, str]:
     """
     config = getattr(model, "build_config", None)
     if config is None:
-        raise ValueError("the model was not built through the laudnet registry, so its static twin cannot be built")
+        raise UsageError("the model was not built through the laudnet registry, so its static twin cannot be built")
     name, kwargs = config["name"], config.get("kwargs", {})
     weights = {k: v for k, v in model.state_dict().items() if ".masker_" not in k}
     tv_name = name.removeprefix("laud_")
@@ -103,7 +104,7 @@ def median_latencies(
     On a CUDA ``device`` every call is synchronised, so the time is the kernels', not the launch's.
     """
     if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+        raise UsageError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
 
     for fn in functions.values():
         for _ in range(warmup):

@@ -16,6 +16,7 @@ from torch import nn
 from ..dynamic.maskers import ChannelMasker, SpatialMasker
 from ..models.backbone import DynamicBackbone
 from ..models.blocks import DynamicBottleneck
+from ..errors import UsageError
 
 
 @dataclass
@@ -88,9 +89,9 @@ def calibrate_density(
     eval mode. Returns the density reached on ``images``.
     """
     if not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must be in [0, 1], got {density}")
+        raise UsageError(f"density must be in [0, 1], got {density}")
     if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images: expected a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
+        raise UsageError(f"images: expected a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
     model.eval()
     model.set_forced_gates(None)
     generator = torch.Generator().manual_seed(seed)

@@ -12,6 +12,7 @@ from ..models.structure import parse_input_size
 from ..reporting import dumps, format_table, to_jsonable
 from .benchmark import compare_latency
 from .calibration import calibrate_density
+from ..errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,19 +40,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace) -> torch.nn.Module:
     if (args.model is None) == (args.checkpoint is None):
-        raise ValueError("give either a model name or --checkpoint (not both)")
+        raise UsageError("give either a model name or --checkpoint (not both)")
     if args.checkpoint is not None:
         if args.mode is not None:
-            raise ValueError("--mode/-S/-G build a new model; a --checkpoint brings its own dynamic spec")
+            raise UsageError("--mode/-S/-G build a new model; a --checkpoint brings its own dynamic spec")
         return model_from_checkpoint(args.checkpoint)
     if args.mode is None:
-        raise ValueError("--mode is required with a model name: spatial, channel, layer, both or static (or one per stage)")
+        raise UsageError("--mode is required with a model name: spatial, channel, layer, both or static (or one per stage)")
     return create_model(args.model, **spec_kwargs(args))
 
 
 def _cmd_bench_sparse(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.calibration_images < 1:
-        raise ValueError(f"--batch and --calibration-images must be >= 1, got {args.batch} and {args.calibration_images}")
+        raise UsageError(f"--batch and --calibration-images must be >= 1, got {args.batch} and {args.calibration_images}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = _build(args).to(args.device).eval()

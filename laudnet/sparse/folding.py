@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ..errors import UsageError
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,7 +20,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
     once, like the product the unfolded model computes.
     """
     if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
-        raise ValueError(f"expected a BatchNorm2d with running statistics after {conv}, got {bn}")
+        raise UsageError(f"expected a BatchNorm2d with running statistics after {conv}, got {bn}")
     scale = bn.running_var.double().add(bn.eps).rsqrt()
     if bn.affine:
         scale = scale * bn.weight.detach().double()

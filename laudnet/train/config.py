@@ -20,6 +20,7 @@ import yaml
 
 from ..dynamic.gates import TEMPERATURE_SCHEDULES
 from ..io import PathLike, write_text
+from ..errors import UsageError
 
 PerStage = Union[str, int, list]
 
@@ -78,29 +79,29 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check values a user may get wrong; raise ``ValueError`` saying what is accepted."""
         if not 0.0 < self.target <= 1.0:
-            raise ValueError(f"target must be in (0, 1], got {self.target}")
+            raise UsageError(f"target must be in (0, 1], got {self.target}")
         check_positive_ints(self, "epochs", "batch_size", "synthetic_train_size", "synthetic_val_size", "log_every")
         check_non_negative_ints(self, "workers", "target_begin_epoch")
         for name in ("lr", "t0", "t_last", "bounds_relax_until"):
             if float(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("lambda_sparsity", "weight_decay", "warmup_epochs", "backbone_lr_mult",
                      "backbone_weight_decay_mult"):
             if float(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be zero or positive, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be zero or positive, got {getattr(self, name)}")
         if not 0.0 < self.warmup_start <= 1.0:
-            raise ValueError(f"warmup_start must be in (0, 1], got {self.warmup_start}")
+            raise UsageError(f"warmup_start must be in (0, 1], got {self.warmup_start}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("amp", self.amp, AMP_MODES)
         check_choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
         if not isinstance(self.lr_milestones, list) or any(
                 isinstance(m, bool) or not isinstance(m, int) or not 0 < m < self.epochs for m in self.lr_milestones):
-            raise ValueError(f"lr_milestones must be a list of epochs between 1 and epochs - 1, got {self.lr_milestones!r}")
+            raise UsageError(f"lr_milestones must be a list of epochs between 1 and epochs - 1, got {self.lr_milestones!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.model_kwargs, dict):
-            raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
+            raise UsageError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,11 +131,11 @@ class TrainConfig(RunConfig):
         check_positive_ints(self, "image_size")
         check_non_negative_ints(self, "pretrain_epochs")
         if float(self.distill_temperature) <= 0:
-            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
+            raise UsageError(f"distill_temperature must be positive, got {self.distill_temperature}")
         if float(self.alpha_distill) < 0:
-            raise ValueError(f"alpha_distill must be zero or positive, got {self.alpha_distill}")
+            raise UsageError(f"alpha_distill must be zero or positive, got {self.alpha_distill}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         return self
 
 
@@ -144,18 +145,18 @@ C = TypeVar("C", bound=RunConfig)
 def check_positive_ints(config: RunConfig, *names: str) -> None:
     for name in names:
         if int(getattr(config, name)) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
+            raise UsageError(f"{name} must be a positive integer, got {getattr(config, name)}")
 
 
 def check_non_negative_ints(config: RunConfig, *names: str) -> None:
     for name in names:
         if int(getattr(config, name)) < 0:
-            raise ValueError(f"{name} must be zero or positive, got {getattr(config, name)}")
+            raise UsageError(f"{name} must be zero or positive, got {getattr(config, name)}")
 
 
 def check_choice(name: str, value: str, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
-        raise ValueError(f"{name} must be one of {', '.join(accepted)}, got {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(accepted)}, got {value!r}")
 
 
 # Fields that take one value or one per stage, so no single type fits them.
@@ -168,18 +169,18 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         return value
     if isinstance(f.default, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"{f.name} must be true or false, got {value!r}")
+            raise UsageError(f"{f.name} must be true or false, got {value!r}")
         return value
     if isinstance(f.default, int):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{f.name} must be an integer, got {value!r}")
+            raise UsageError(f"{f.name} must be an integer, got {value!r}")
         return int(value)
     if isinstance(f.default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{f.name} must be a number, got {value!r}")
+            raise UsageError(f"{f.name} must be a number, got {value!r}")
         return float(value)
     if isinstance(f.default, str) and not isinstance(value, str):
-        raise ValueError(f"{f.name} must be a string, got {value!r}")
+        raise UsageError(f"{f.name} must be a string, got {value!r}")
     return value
 
 
@@ -188,7 +189,7 @@ def config_from_dict(values: dict[str, Any], cls: type[C] = TrainConfig) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config keys {', '.join(unknown)}; known keys: {', '.join(sorted(fields))}")
+        raise UsageError(f"unknown config keys {', '.join(unknown)}; known keys: {', '.join(sorted(fields))}")
     return cls(**{k: _coerce(fields[k], v) for k, v in values.items()}).validate()
 
 
@@ -215,15 +216,15 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     if path.resolve() in seen:
-        raise ValueError(f"config file {path} includes itself through 'base'")
+        raise UsageError(f"config file {path} includes itself through 'base'")
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+        raise UsageError(f"config file {path} is not valid YAML: {error}") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}")
+        raise UsageError(f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}")
     base = loaded.pop("base", None)
     if base is None:
         return loaded

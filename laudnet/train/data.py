@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
 from .config import TrainConfig
+from ..errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +76,7 @@ def shape_mask(shape: str, box: Box, ys: np.ndarray, xs: np.ndarray) -> np.ndarr
         "bar": lambda: inside & (np.abs(dy) < t),
     }
     if shape not in masks:
-        raise ValueError(f"unknown shape {shape!r}; accepted: {', '.join(SHAPES)}")
+        raise UsageError(f"unknown shape {shape!r}; accepted: {', '.join(SHAPES)}")
     return masks[shape]().astype(np.float32)
 
 
@@ -96,13 +97,13 @@ class SyntheticShapes(Dataset):
         clutter: int = 12, seed: int = 0, split: str = "train",
     ) -> None:
         if not 2 <= num_classes <= len(SHAPES):
-            raise ValueError(f"num_classes must be between 2 and {len(SHAPES)}, got {num_classes}")
+            raise UsageError(f"num_classes must be between 2 and {len(SHAPES)}, got {num_classes}")
         if not 4 <= object_size < image_size:
-            raise ValueError(f"object_size must be at least 4 and smaller than image_size={image_size}, got {object_size}")
+            raise UsageError(f"object_size must be at least 4 and smaller than image_size={image_size}, got {object_size}")
         if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+            raise UsageError(f"split must be 'train' or 'val', got {split!r}")
         if size < 1:
-            raise ValueError(f"size must be positive, got {size}")
+            raise UsageError(f"size must be positive, got {size}")
         self.size = size
         self.num_classes = num_classes
         self.image_size = image_size
@@ -163,9 +164,9 @@ def image_folder(root: str | Path, split: str, image_size: int) -> datasets.Imag
         raise FileNotFoundError(f"data folder not found: {folder} (expected {root}/train and {root}/val, one folder per class)")
     classes = [d for d in folder.iterdir() if d.is_dir()]
     if not classes:
-        raise ValueError(f"data folder {folder} has no class folders (expected one folder per class)")
+        raise UsageError(f"data folder {folder} has no class folders (expected one folder per class)")
     if not any(f.suffix.lower() in IMAGE_EXTENSIONS for d in classes for f in d.iterdir()):
-        raise ValueError(f"data folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UsageError(f"data folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
     return datasets.ImageFolder(str(folder), transform=imagenet_transforms(image_size, split == "train"))
 
 
@@ -188,5 +189,5 @@ def build_datasets(config: TrainConfig) -> DataBundle:
     train = image_folder(config.data, "train", config.image_size)
     val = image_folder(config.data, "val", config.image_size)
     if train.classes != val.classes:
-        raise ValueError(f"{config.data}: train/ and val/ have different class folders")
+        raise UsageError(f"{config.data}: train/ and val/ have different class folders")
     return DataBundle(train, val, len(train.classes), (config.image_size, config.image_size))

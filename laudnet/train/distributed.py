@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
+            raise UsageError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
         return torch.device(preference if ":" in preference else f"cuda:{local_rank}")
     return torch.device("cpu")
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from ..errors import UsageError
 
 
 @dataclass
@@ -31,7 +32,7 @@ def build_optimizer(config: RunConfig, groups: list[ParamGroup]) -> torch.optim.
             param_groups.append({"params": params, "name": group.name, "lr": config.lr * group.lr_mult,
                                  "weight_decay": config.weight_decay * group.weight_decay_mult})
     if not param_groups:
-        raise ValueError("the model has no trainable parameters")
+        raise UsageError("the model has no trainable parameters")
     if config.optimizer == "adamw":
         return torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,

@@ -32,6 +32,7 @@ from .distributed import DistEnv
 from .losses import sparsity_loss
 from .optim import ParamGroup, build_optimizer, build_scheduler
 from .records import MetricsLog
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,14 @@ def build_loaders(config: RunConfig, env: DistEnv, train: Dataset, val: Dataset,
     """Each process's share of ``config.batch_size``: the training set split across processes with
     whole batches only, the validation set in disjoint shards (metrics are reduced over them)."""
     if config.batch_size % env.world_size:
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {env.world_size} processes")
+        raise UsageError(f"batch_size {config.batch_size} must be divisible by the {env.world_size} processes")
     per_process = config.batch_size // env.world_size
     sampler = DistributedSampler(train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=config.seed,
                                  drop_last=True)
     train_loader = make_loader(train, per_process, sampler, config.workers, env.device, drop_last=True,
                                collate_fn=collate_fn)
     if len(train_loader) == 0:
-        raise ValueError(f"the training set ({len(train)} images) is smaller than one batch "
+        raise UsageError(f"the training set ({len(train)} images) is smaller than one batch "
                          f"({config.batch_size}); lower batch_size")
     val_loader = make_loader(val, per_process, ShardSampler(len(val), env), config.workers, env.device,
                              drop_last=False, collate_fn=collate_fn)
@@ -148,7 +149,7 @@ class EpochTrainer(Generic[R]):
         """Refuse to overwrite a run unless resuming (call it before building anything)."""
         last = Path(config.output) / CHECKPOINT_LAST
         if last.exists() and not resume:
-            raise ValueError(f"{config.output} already holds a run ({last}); pass --resume to continue it "
+            raise UsageError(f"{config.output} already holds a run ({last}); pass --resume to continue it "
                              "or choose another --output")
 
     # -- what tasks provide -------------------------------------------------------------------
@@ -291,5 +292,5 @@ class EpochTrainer(Generic[R]):
             if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         except (KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not a resumable laudnet checkpoint (missing {error})") from None
+            raise UsageError(f"{path} is not a resumable laudnet checkpoint (missing {error})") from None
         log.info("resumed %s at epoch %d, step %d", path, self.state.epoch, self.state.step)

@@ -12,6 +12,7 @@ from ..models import model_from_checkpoint
 from ..train.config import config_from_checkpoint
 from ..train.data import IMAGENET_MEAN, IMAGENET_STD, build_datasets
 from .masks import save_mask_grid
+from ..errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +34,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def _cmd_show_masks(args: argparse.Namespace) -> int:
     if args.images < 1:
-        raise ValueError(f"--images must be positive, got {args.images}")
+        raise UsageError(f"--images must be positive, got {args.images}")
     config = config_from_checkpoint(load_checkpoint(args.checkpoint), data=args.data)
     model = model_from_checkpoint(args.checkpoint).eval()
     val = build_datasets(config).val
@@ -44,7 +45,7 @@ def _cmd_show_masks(args: argparse.Namespace) -> int:
         stats = model(images, return_stats=True).stats
     blocks = [b for b in stats.blocks if b.spatial_mask is not None]
     if not blocks:
-        raise ValueError(f"{args.checkpoint} has no spatial or layer dynamics to show (mode {model.dynamic_spec.describe()})")
+        raise UsageError(f"{args.checkpoint} has no spatial or layer dynamics to show (mode {model.dynamic_spec.describe()})")
     if not args.all_blocks:
         firsts = {}
         for block in blocks:

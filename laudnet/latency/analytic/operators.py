@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .hardware import Hardware
+from ..hardware import Hardware
 from .tiles import fill_efficiency, peak_channel_density, tile_candidates, transaction_efficiency
 
 CACHE_SIZE = 1 << 16

@@ -4,8 +4,8 @@ A calibrated profile (``Hardware.engine``) predicts a block as the engine runs i
 :mod:`laudnet.sparse.plan` lists for the block's shape, spec and work, each priced by its kind's
 fitted weights (:mod:`.costs`) of the features computed here, plus the Python cost of a block call.
 The ``analytic`` feature maps each engine operation onto the paper's operator models
-(:mod:`.operators`): a product on rows is a 1×1 convolution over ``m`` positions, a gather a
-copy, a scatter-add an element-wise sum, and so on.
+(:mod:`~laudnet.latency.analytic.operators`): a product on rows is a 1×1 convolution over ``m``
+positions, a gather a copy, a scatter-add an element-wise sum, and so on.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..dynamic.spec import StageSpec
-from ..models.structure import BlockShape, ModelShape, conv_output_hw
-from ..sparse.plan import CONV_KINDS, BlockWork, EngineOp, block_ops, expected_work, head_ops, stem_ops
-from . import operators as op
-from .costs import FEATURES, OVERHEAD_KINDS
-from .hardware import Hardware
+from ...dynamic.spec import StageSpec
+from ...models.structure import BlockShape, ModelShape, conv_output_hw
+from ...sparse.plan import CONV_KINDS, BlockWork, EngineOp, block_ops, expected_work, head_ops, stem_ops
+from ..analytic import operators as op
+from ..hardware import Hardware
+from ..interface import BlockDensity
+from ..costs import FEATURES, OVERHEAD_KINDS
 
 CACHE_SIZE = 1 << 16
 
 
-def expected_block_seconds(hw: Hardware, block: BlockShape, spec: StageSpec, density) -> dict[str, float]:
+def expected_block_seconds(hw: Hardware, block: BlockShape, spec: StageSpec, density: BlockDensity) -> dict[str, float]:
     """Seconds per call of ``block`` at a :class:`~laudnet.latency.blocks.BlockDensity`, by part.
 
     The engine keeps whole channel groups, so a channel density between two whole numbers of groups
@@ -47,7 +48,7 @@ def expected_block_seconds(hw: Hardware, block: BlockShape, spec: StageSpec, den
     return parts
 
 
-def block_work(block: BlockShape, spec: StageSpec, batch: int, density) -> BlockWork:
+def block_work(block: BlockShape, spec: StageSpec, batch: int, density: BlockDensity) -> BlockWork:
     """The engine's work for a :class:`~laudnet.latency.blocks.BlockDensity` (a conv1 density that
     was not measured is the expected dilation of the cells)."""
     return expected_work(
@@ -158,7 +159,3 @@ def analytic_seconds(hw: Hardware, operation: EngineOp) -> float:
         return op.pool(hb, cin, (h, w), (1, 1)) + op.fc(hb, cin, hidden) + op.fc(hb, hidden, 2 * groups)
     raise ValueError(f"unknown operation kind {kind!r}")
 
-
-def clear_caches() -> None:
-    for function in (_op_seconds, _features):
-        function.cache_clear()

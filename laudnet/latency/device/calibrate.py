@@ -39,14 +39,15 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import least_squares, nnls
 
-from ..dynamic.spec import StageSpec
-from ..models.resnet import LaudBottleneck
-from ..models.structure import BlockShape, model_shape
-from ..sparse.benchmark import time_call_ms
-from ..sparse.plan import CONV_KINDS, EngineOp, block_ops, expected_work, head_ops, stem_ops
-from . import engine
-from .costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
-from .hardware import Hardware
+from ...dynamic.spec import StageSpec
+from ...errors import UsageError
+from ...models.resnet import LaudBottleneck
+from ...models.structure import BlockShape, model_shape
+from ...sparse.benchmark import time_call_ms
+from ...sparse.plan import CONV_KINDS, EngineOp, block_ops, expected_work, head_ops, stem_ops
+from ..calibrated import pricing
+from ..costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
+from ..hardware import Hardware
 from .measure import EngineConfig, EngineMeasurement, fastest, measure_engines, reference_ms
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def make_runner(op: EngineOp, block: BlockShape | None, spec: StageSpec | None, 
             module.masker_spatial = None
         x = randn(d[0], block.in_channels, *block.in_hw, channels_last=True)
         return _Runner(op, lambda: module.compute_masks(x), (x,))
-    raise ValueError(f"unknown operation kind {kind!r}")
+    raise UsageError(f"unknown operation kind {kind!r}")
 
 
 def flush_buffer(device: str) -> torch.Tensor:
@@ -283,7 +284,7 @@ def fit_hardware(base: Hardware, samples: Sequence[Sample]) -> Hardware:
 
     def residuals(x: np.ndarray) -> np.ndarray:
         hw = hardware(x)
-        return np.log([engine.analytic_seconds(hw, op) for op in ops]) - measured
+        return np.log([pricing.analytic_seconds(hw, op) for op in ops]) - measured
 
     start = np.clip(np.log([getattr(base, n) for n in names]), low + 1e-9, high - 1e-9)
     result = least_squares(residuals, start, bounds=(low, high), x_scale=1.0, diff_step=1e-4, max_nfev=400)
@@ -302,7 +303,7 @@ def design_row(hw: Hardware, sample: Sample) -> np.ndarray:
     columns = _COLUMN_INDEX
     row = np.zeros(len(columns))
     for op in sample.ops:
-        features = engine.op_features(hw, op)
+        features = pricing.op_features(hw, op)
         for name, value in zip(FEATURES, features):
             row[columns[(op.kind, name)]] += op.count * value
     for kind, count in sample.calls:
@@ -374,11 +375,11 @@ def calibrate(
     ``progress(stage, done, total)`` follows the rounds of each stage (``operators``, ``blocks``).
     """
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+        raise UsageError(f"device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda: no CUDA device is available here; calibrate with --device cpu")
+        raise UsageError("device cuda: no CUDA device is available here; calibrate with --device cpu")
     if budget_s <= 0:
-        raise ValueError(f"budget must be positive, got {budget_s} s")
+        raise UsageError(f"budget must be positive, got {budget_s} s")
     threads = threads or torch.get_num_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -451,5 +452,5 @@ def _median_error(hw: Hardware, samples: Sequence[Sample]) -> float:
 
 def _kind_fit(hw: Hardware, kind: str, samples: Sequence[Sample]) -> KindFit:
     mine = [s for s in samples if s.ops[0].kind == kind]
-    analytic = [abs(engine.analytic_seconds(hw, s.ops[0]) / s.seconds - 1) for s in mine]
+    analytic = [abs(pricing.analytic_seconds(hw, s.ops[0]) / s.seconds - 1) for s in mine]
     return KindFit(kind, len(mine), float(np.median(analytic)) if mine else float("nan"), _median_error(hw, mine))

@@ -1,4 +1,9 @@
-"""Whole-model latency prediction: walk a backbone's blocks and add up their latencies."""
+"""Whole-model latency prediction: walk a backbone's blocks and add up their latencies.
+
+:func:`latency_model` is the one place that picks the latency model a hardware description
+calls for (analytic, or calibrated where a profile carries engine costs); :func:`predict`,
+:func:`block_latency` and the design tools take a hardware description or a model alike.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,61 @@ from typing import Sequence, Union
 
 from torch import nn
 
-from ..dynamic.spec import DynamicSpec, PerStage
-from ..models.structure import InputSize, ModelShape, model_shape, parse_input_size
-from . import engine
-from . import operators as op
-from .blocks import BlockDensity, BlockLatency, block_latency
-from .hardware import Hardware, HardwareLike, get_hardware
+from ..dynamic.spec import MODES, DynamicSpec, PerStage, StageSpec
+from ..errors import UsageError
+from ..models.structure import BlockShape, InputSize, ModelShape, model_shape, parse_input_size
+from .analytic import AnalyticModel
+from .calibrated import CalibratedModel
+from .hardware import HardwareLike, get_hardware
+from .interface import BlockDensity, BlockLatency, LatencyModel
 from .summary import RunSummary, block_densities, read_summary
 
 log = logging.getLogger(__name__)
 
 ModelLike = Union[str, nn.Module]
 StatsLike = Union[str, os.PathLike, RunSummary]
+LatencyLike = Union[HardwareLike, LatencyModel]
+
+
+def latency_model(spec: LatencyLike, batch: int | None = None) -> LatencyModel:
+    """A latency model from a preset name, a YAML spec or profile, a :class:`~.hardware.Hardware`,
+    or a model itself, predicting for ``batch`` (default: the hardware's).
+
+    A hardware description with fitted engine costs (a profile from ``laudnet latency calibrate``)
+    gives a :class:`~.calibrated.CalibratedModel`; any other, the paper's :class:`~.analytic.AnalyticModel`.
+    """
+    if isinstance(spec, LatencyModel):
+        model = spec
+    else:
+        hardware = get_hardware(spec)
+        model = CalibratedModel(hardware) if hardware.engine is not None else AnalyticModel(hardware)
+    if batch is None:
+        return model
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"batch must be a positive integer, got {batch!r}")
+    return model.with_batch(batch)
+
+
+def block_latency(model: LatencyLike, block: BlockShape, spec: StageSpec, density: BlockDensity) -> BlockLatency:
+    """Predict ``block`` run as ``spec`` says with the given densities."""
+    if spec.mode not in MODES:
+        raise UsageError(f"unknown mode {spec.mode!r}; accepted modes are {', '.join(MODES)}")
+    if spec.has_channel and not 1 <= spec.channel_granularity <= block.width:
+        raise UsageError(
+            f"{block.name}: channel granularity {spec.channel_granularity} must be between 1 and the "
+            f"block width {block.width}"
+        )
+    seconds = latency_model(model).block_seconds(block, spec, density)
+    return BlockLatency(
+        name=block.name,
+        stage=block.stage,
+        stride=block.stride,
+        mode=spec.mode,
+        spatial_granularity=spec.spatial_granularity,
+        channel_granularity=spec.channel_granularity,
+        density=density,
+        ops_ms={name: 1e3 * value for name, value in seconds.items()},
+    )
 
 
 @dataclass(frozen=True)
@@ -54,7 +102,7 @@ def resolve_shape(model: ModelLike, input_size: InputSize = 224) -> ModelShape:
     if isinstance(model, nn.Module):
         return model_shape(model, size)
     if not isinstance(model, str):
-        raise ValueError(f"model: expected a model name or an nn.Module, got {type(model).__name__}")
+        raise UsageError(f"model: expected a model name or an nn.Module, got {type(model).__name__}")
     return _named_shape(model, size)
 
 
@@ -66,7 +114,7 @@ def _named_shape(name: str, size: tuple[int, int]) -> ModelShape:
 
 def predict(
     model_or_name: ModelLike,
-    hardware: HardwareLike,
+    hardware: LatencyLike,
     *,
     mode: PerStage | None = None,
     density: float | None = None,
@@ -77,42 +125,38 @@ def predict(
     input_size: InputSize = 224,
     reference_compatible: bool = False,
 ) -> LatencyReport:
-    """Predict the latency of a (dynamic) backbone on ``hardware``.
+    """Predict the latency of a (dynamic) backbone on ``hardware`` (a device description or a latency model).
 
     ``mode`` and the granularities (one for all stages or one per stage) default to the
     ``stats`` run's spec, else the model's own spec, else static with S = G = 1. Every gate
     runs at ``density``, or at the per-block densities measured in ``stats`` (a
     ``summary.json`` path or a :class:`RunSummary`). ``batch`` overrides the hardware's.
     """
-    hw = get_hardware(hardware)
-    if batch is not None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be a positive integer, got {batch!r}")
-        hw = hw.with_batch(batch)
+    latency = latency_model(hardware, batch)
     shape = resolve_shape(model_or_name, input_size)
     summary = read_summary(stats) if stats is not None and not isinstance(stats, RunSummary) else stats
     if summary is not None:
         _check_run(summary, shape)
     spec = _resolve_spec(shape, summary, mode, spatial_granularity, channel_granularity)
     densities = _resolve_densities(shape, spec, summary, density)
-    blocks = tuple(block_latency(hw, b, spec.stages[b.stage], d) for b, d in zip(shape.blocks, densities))
+    blocks = tuple(block_latency(latency, b, spec.stages[b.stage], d) for b, d in zip(shape.blocks, densities))
     counted = [b.residual_ms(reference_compatible) for b in blocks]
     stages_ms = tuple(
         sum(ms for b, ms in zip(blocks, counted) if b.stage == stage) for stage in range(len(spec.stages))
     )
-    stem_ms, head_ms = _stem_ms(hw, shape), _head_ms(hw, shape)
+    stem_ms, head_ms = 1e3 * latency.stem_seconds(shape), 1e3 * latency.head_seconds(shape)
     model_ms = stem_ms + sum(b.total_ms for b in blocks) + head_ms
-    log.debug("%s on %s (batch %d, %s): %.3f ms", shape.name, hw.name, hw.batch_size, spec.describe(), model_ms)
+    log.debug("%s on %s (batch %d, %s): %.3f ms", shape.name, latency.name, latency.batch, spec.describe(), model_ms)
     return LatencyReport(
         model=shape.name,
-        hardware=hw.name,
-        batch=hw.batch_size,
+        hardware=latency.name,
+        batch=latency.batch,
         input_size=shape.input_hw,
         spec=spec,
         reference_compatible=reference_compatible,
         residual_ms=sum(counted),
         model_ms=model_ms,
-        per_image_ms=model_ms / hw.batch_size,
+        per_image_ms=model_ms / latency.batch,
         stem_ms=stem_ms,
         head_ms=head_ms,
         stages_ms=stages_ms,
@@ -152,33 +196,13 @@ def _resolve_densities(
 ) -> Sequence[BlockDensity]:
     if summary is not None:
         if density is not None:
-            raise ValueError("give either a density or stats from a run, not both")
+            raise UsageError("give either a density or stats from a run, not both")
         return block_densities(summary, shape)
     if density is None:
         if not spec.is_static:
-            raise ValueError(f"mode {'-'.join(spec.modes)} is dynamic: give a density in [0, 1] or stats from a run")
+            raise UsageError(f"mode {'-'.join(spec.modes)} is dynamic: give a density in [0, 1] or stats from a run")
         density = 1.0
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must be a number in [0, 1], got {density!r}")
+        raise UsageError(f"density must be a number in [0, 1], got {density!r}")
     return [BlockDensity.uniform(spec.stages[b.stage].mode, float(density)) for b in shape.blocks]
 
-
-def _stem_ms(hw: Hardware, shape: ModelShape) -> float:
-    if hw.calibrated:
-        return 1e3 * engine.stem_seconds(hw, shape)
-    seconds = sum(
-        op.conv(hw, c.in_channels, c.out_channels, c.out_hw, c.kernel, c.stride, c.groups) for c in shape.stem
-    )
-    if shape.stem_pool is not None:
-        p = shape.stem_pool
-        seconds += op.pool(hw, p.channels, p.in_hw, p.out_hw)
-    return 1e3 * seconds
-
-
-def _head_ms(hw: Hardware, shape: ModelShape) -> float:
-    if hw.calibrated:
-        return 1e3 * engine.head_seconds(hw, shape)
-    last = shape.blocks[-1]
-    seconds = op.pool(hw, last.out_channels, last.out_hw, (1, 1))
-    seconds += op.fc(hw, shape.head.in_channels, shape.head.out_channels)
-    return 1e3 * seconds

@@ -25,13 +25,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..dynamic.spec import DynamicSpec
-from ..models.registry import create_model
-from ..models.structure import ModelShape, model_shape, parse_input_size
-from ..sparse import calibrate_density, convert
-from ..sparse.benchmark import time_call_ms
-from ..sparse.plan import BlockWork, work_of_masks
-from .blocks import BlockDensity
+from ...dynamic.spec import DynamicSpec
+from ...errors import UsageError
+from ...models.registry import create_model
+from ...models.structure import ModelShape, model_shape, parse_input_size
+from ...sparse import calibrate_density, convert
+from ...sparse.benchmark import time_call_ms
+from ...sparse.plan import BlockWork, work_of_masks
+from ..interface import BlockDensity
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class EngineConfig:
     ) -> "EngineConfig":
         spec = DynamicSpec.build(mode, spatial_granularity, channel_granularity)
         if not 0.0 <= density <= 1.0:
-            raise ValueError(f"density must be in [0, 1], got {density}")
+            raise UsageError(f"density must be in [0, 1], got {density}")
         return cls(model, parse_input_size(input_size), spec, float(density), int(batch))
 
     def describe(self) -> str:
@@ -109,7 +110,7 @@ def measure_engines(
     if (repeats is None) == (budget_s is None):
         raise ValueError("give either repeats or budget_s")
     if (repeats is not None and repeats < 1) or warmup < 1:
-        raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
+        raise UsageError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
     results = []
     started = time.perf_counter()
     for index, config in enumerate(configs):

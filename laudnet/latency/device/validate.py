@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from ..io import atomic_open, write_text
-from ..reporting import dumps
-from .hardware import Hardware, HardwareLike, get_hardware, load_record
+from ...errors import UsageError
+from ...io import atomic_open, write_text
+from ...reporting import dumps
+from ..hardware import Hardware, HardwareLike, get_hardware, load_record
+from ..predict import predict
+from ..summary import RunSummary
 from .measure import EngineConfig, EngineMeasurement, fastest_of, measure_engines, reference_ms
-from .model import predict
-from .summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def held_out(configs: Sequence[EngineConfig], fitted_on: Sequence[str]) -> list[
     """``configs``, checked to share nothing with the configurations a profile was fitted on."""
     overlap = sorted({c.describe() for c in configs} & set(fitted_on))
     if overlap:
-        raise ValueError(f"validation configurations were used for fitting: {'; '.join(overlap)}")
+        raise UsageError(f"validation configurations were used for fitting: {'; '.join(overlap)}")
     return list(configs)
 
 
@@ -141,7 +142,7 @@ def validate(
     """
     hw = get_hardware(hardware)
     if not hw.calibrated:
-        raise ValueError(
+        raise UsageError(
             f"hardware {hw.name} is not a calibrated profile (it has no engine costs): run "
             "`laudnet calibrate -o my-device.yaml` and validate that file"
         )

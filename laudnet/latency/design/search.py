@@ -12,11 +12,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..dynamic.spec import DynamicSpec, PerStage, StageSpec
-from ..models.structure import BlockShape, InputSize
-from .blocks import BlockDensity, block_latency
-from .hardware import HardwareLike, get_hardware
-from .model import ModelLike, StatsLike, predict, resolve_shape
+from ...dynamic.spec import DynamicSpec, PerStage, StageSpec
+from ...errors import UsageError
+from ...models.structure import BlockShape, InputSize
+from ..interface import BlockDensity
+from ..predict import LatencyLike, ModelLike, StatsLike, block_latency, latency_model, predict, resolve_shape
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def channel_candidates(block: BlockShape) -> tuple[int, ...]:
 
 def search_granularity(
     model: ModelLike,
-    hardware: HardwareLike,
+    hardware: LatencyLike,
     mode: PerStage,
     density: float | None = None,
     *,
@@ -86,11 +86,11 @@ def search_granularity(
     )
     if not any(s.mode in ("spatial", "channel", "both") for s in baseline.spec.stages):
         modes = "-".join(baseline.spec.modes)
-        raise ValueError(f"granularity search needs a spatial, channel or both stage; got {modes}")
-    hw = get_hardware(hardware).with_batch(baseline.batch)
+        raise UsageError(f"granularity search needs a spatial, channel or both stage; got {modes}")
+    latency = latency_model(hardware, baseline.batch)
 
     def stage_ms(blocks: list[BlockShape], densities: list[BlockDensity], spec: StageSpec) -> float:
-        results = [block_latency(hw, b, spec, d) for b, d in zip(blocks, densities)]
+        results = [block_latency(latency, b, spec, d) for b, d in zip(blocks, densities)]
         return sum(r.residual_ms(reference_compatible) for r in results)
 
     choices = []

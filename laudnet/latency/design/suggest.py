@@ -16,13 +16,13 @@ from typing import Any
 import torch
 import yaml
 
-from ..dynamic.spec import DynamicSpec
-from ..io import PathLike, write_text
-from ..macs import count_macs
-from ..models.registry import create_model
-from ..models.structure import parse_input_size
-from .hardware import HardwareLike, get_hardware
-from .model import predict
+from ...dynamic.spec import DynamicSpec
+from ...errors import UsageError
+from ...io import PathLike, write_text
+from ...macs import count_macs
+from ...models.registry import create_model
+from ...models.structure import parse_input_size
+from ..predict import LatencyLike, latency_model, predict
 from .search import search_granularity
 
 SUGGEST_MODES: tuple[str, ...] = ("spatial", "channel", "layer", "both")
@@ -71,23 +71,23 @@ class Suggestion:
 
 
 def suggest(
-    model: str, hardware: HardwareLike, target_ms: float, *, batch: int = 1, input_size: int = 224,
+    model: str, hardware: LatencyLike, target_ms: float, *, batch: int = 1, input_size: int = 224,
     modes: tuple[str, ...] = SUGGEST_MODES,
 ) -> Suggestion:
     """The dynamic configuration of ``model`` that computes the most while its whole-model latency
     on ``hardware`` (ms per batch of ``batch``) is predicted to stay within ``target_ms``."""
     if isinstance(target_ms, bool) or not isinstance(target_ms, (int, float)) or not target_ms > 0:
-        raise ValueError(f"target latency must be a positive number of ms, got {target_ms!r}")
+        raise UsageError(f"target latency must be a positive number of ms, got {target_ms!r}")
     size = parse_input_size(input_size)
     if size[0] != size[1]:
-        raise ValueError(f"suggest writes a training config, whose image_size is square: give --input N, got {input_size!r}")
+        raise UsageError(f"suggest writes a training config, whose image_size is square: give --input N, got {input_size!r}")
     unknown = [m for m in modes if m not in SUGGEST_MODES]
     if unknown or not modes:
-        raise ValueError(f"modes: expected some of {', '.join(SUGGEST_MODES)}, got {', '.join(modes) or 'none'}")
-    hw = get_hardware(hardware)
+        raise UsageError(f"modes: expected some of {', '.join(SUGGEST_MODES)}, got {', '.join(modes) or 'none'}")
+    hw = latency_model(hardware)
     static = predict(model, hw, mode="static", batch=batch, input_size=size)
     if static.model_ms <= target_ms:
-        raise ValueError(
+        raise UsageError(
             f"the static {model} already meets {target_ms:g} ms on {hw.name} ({static.model_ms:.2f} ms predicted): "
             "no dynamic model is needed"
         )
@@ -95,7 +95,7 @@ def suggest(
     feasible = [o for o in options if o.feasible]
     if not feasible:
         fastest = min(options, key=lambda o: o.predicted_ms)
-        raise ValueError(
+        raise UsageError(
             f"no mode of {model} meets {target_ms:g} ms on {hw.name}: the fastest, {fastest.mode} with every gate off, "
             f"is predicted at {fastest.predicted_ms:.2f} ms"
         )
