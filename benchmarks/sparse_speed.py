@@ -1,7 +1,7 @@
 """Sparse engine speed on ResNet-50: engine latency ÷ static torchvision latency, next to the MACs ratio.
 
 Batch 1, 224², fp32, all cores (or --threads). Spatial and channel masks are the model's own
-decisions with masker biases set by ``laudnet.sparse.calibrate_density`` on random images
+decisions with masker biases set by ``laudnet.sparse.set_gate_density`` on random images
 (maskers of the untrained model get random weights first); the density is searched by
 bisection until the realised MACs ratio on the timed image is closest to the target. Layer
 skipping has one decision per block, too coarse to steer through one image's quantiles, so
@@ -24,7 +24,7 @@ import torch
 
 from laudnet import create_model
 from laudnet.reporting import dumps, format_table
-from laudnet.sparse import calibrate_density, convert
+from laudnet.sparse import set_gate_density, convert
 from laudnet.sparse.benchmark import compare_latency
 
 TARGETS = (0.25, 0.5, 0.75, 1.0)
@@ -81,11 +81,11 @@ def set_macs_ratio(model, target: float, calibration: torch.Tensor, timed: torch
     lo, hi, best = 0.0, 1.0, (float("inf"), 0.0)
     for _ in range(steps):
         density = (lo + hi) / 2
-        calibrate_density(model, density, calibration)
+        set_gate_density(model, density, calibration)
         ratio = macs_ratio(model, timed)
         best = min(best, (abs(ratio - target), density))
         lo, hi = (density, hi) if ratio < target else (lo, density)
-    calibrate_density(model, best[1], calibration)
+    set_gate_density(model, best[1], calibration)
     return best[1]
 
 

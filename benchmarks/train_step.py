@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from laudnet import create_model
 from laudnet.reporting import format_table
-from laudnet.train.losses import sparsity_loss
+from laudnet.training.losses import sparsity_loss
 
 CONFIGS = [
     ("static", {"mode": "static"}),

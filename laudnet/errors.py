@@ -15,3 +15,7 @@ class UsageError(ValueError):
 
 class CheckpointError(UsageError):
     """A checkpoint that cannot be used as asked: unreadable, of another model or spec, or of another format."""
+
+
+class MissingFileError(UsageError, FileNotFoundError):
+    """A file or folder the user named does not exist (also a ``FileNotFoundError``)."""

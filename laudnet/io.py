@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
 import torch
-from .errors import UsageError
+from .errors import MissingFileError, UsageError
 
 PathLike = Union[str, os.PathLike]
 
@@ -23,18 +23,40 @@ PathLike = Union[str, os.PathLike]
 def atomic_open(path: PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; honour the user's umask instead
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file next to ``path`` (its folder made if needed): descriptor and name."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def check_writable(path: PathLike) -> None:
+    """Fail now, with one clear error, if ``path`` could not be written later (before long work)."""
+    fd, tmp = _temporary(Path(path))
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def write_text(path: PathLike, text: str) -> None:
@@ -66,7 +88,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

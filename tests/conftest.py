@@ -15,9 +15,9 @@ def rng() -> torch.Generator:
 def trained_run(tmp_path_factory):
     """Train :data:`helpers.TINY_RUN` once per session; returns ``(output_dir, summary)``."""
     from helpers import TINY_RUN
-    from laudnet.train import train
-    from laudnet.train.config import config_from_dict
+    from laudnet.classification import train
+    from laudnet.classification import TrainConfig
 
     output = tmp_path_factory.mktemp("trained") / "run"
-    summary = train(config_from_dict({**TINY_RUN, "output": str(output)}), progress=False)
+    summary = train(TrainConfig.from_dict({**TINY_RUN, "output": str(output)}), progress=False)
     return output, summary

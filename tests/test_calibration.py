@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from laudnet.classification import TrainConfig
 from laudnet.cli import main
 from laudnet.latency import PRESETS, Hardware, get_hardware, load_hardware, predict, save_hardware
 from laudnet.latency.calibrated import pricing as engine
@@ -22,7 +23,6 @@ from laudnet.latency.design.suggest import suggest, write_config
 from laudnet.latency.device.validate import HELD_OUT, compare, held_out, validate, write_report
 from laudnet.models.structure import model_shape
 from laudnet.sparse.plan import block_ops, expected_work
-from laudnet.train.config import load_config
 
 # A CPU-like device whose engine costs are the analytic model itself (the prior).
 CPU = Hardware("test-cpu", 2, 8, 3.0e9, 15e9, l2_bandwidth_ratio=3.0, transaction_words=16, launch_time_s=5e-6,
@@ -163,7 +163,7 @@ def test_malformed_profile_is_a_clear_error(tmp_path, engine_text, message):
 def test_missing_profile(tmp_path, capsys):
     with pytest.raises(FileNotFoundError):
         validate(tmp_path / "absent.yaml")
-    assert main(["validate-latency", "--hardware", str(tmp_path / "absent.yaml")]) == 2
+    assert main(["latency", "validate", "--hardware", str(tmp_path / "absent.yaml")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "not found" in error[0]
 
@@ -231,7 +231,7 @@ def test_suggest_writes_a_config_that_trains(tmp_path):
     assert 0.0 < result.choice.density < 1.0 and 0.0 < result.choice.macs_ratio < 1.0
     path = tmp_path / "suggested.yaml"
     write_config(result, path)
-    config = load_config(path)
+    config = TrainConfig.load(path)
     assert (config.model, config.image_size) == ("laud_resnet50", 96)
     assert config.target == pytest.approx(result.choice.macs_ratio, abs=1e-4)
     assert config.mode.split("-")[0] == result.choice.mode
@@ -252,16 +252,16 @@ def test_suggest_cli(tmp_path, capsys):
     _, profile = _profile(tmp_path)
     static = predict("laud_resnet50", profile, mode="static", input_size=96).model_ms
     output = tmp_path / "config.yaml"
-    code = main(["suggest", "laud_resnet50", "--hardware", str(profile), "--target-ms", f"{0.75 * static:.3f}",
+    code = main(["latency", "suggest", "laud_resnet50", "--hardware", str(profile), "--target-ms", f"{0.75 * static:.3f}",
                  "--input", "96", "--modes", "layer-spatial", "-o", str(output), "--json", "--measure"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["written"] == str(output) and printed["choice"]["feasible"]
     assert printed["measured_ms"] > 0 and printed["predicted_for_measured_masks_ms"] > 0
     assert yaml.safe_load(output.read_text())["model"] == "laud_resnet50"
-    load_config(output)
+    TrainConfig.load(output)
 
 
 def test_calibrate_cli_rejects_a_bad_budget(capsys):
-    assert main(["calibrate", "--budget", "soon"]) == 2
+    assert main(["latency", "calibrate", "--budget", "soon"]) == 2
     assert "duration" in capsys.readouterr().err

@@ -184,3 +184,29 @@ def test_expected_conv1_density_matches_independent_cells():
     work = expected_work(block, block.spec, 1, cells=0.3)
     assert work.conv3_rows == round(0.3 * block.out_hw[0] * block.out_hw[1])
     assert isinstance(work, BlockWork)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_channel_masker_is_priced_as_the_masker_that_runs(layers):
+    """The plan's channel masker has the layers of the model's own masker (one Linear or an MLP)."""
+    model = create_model("laud_resnet50", mode="channel", channel_granularity=2, masker_layers=layers)
+    shape = model_shape(model, 224)
+    for block_shape, (_, block) in zip(shape.blocks, model.named_dynamic_blocks()):
+        work = expected_work(block_shape, block_shape.spec, 1, cells=1.0, channel=0.5)
+        (masker,) = [op for op in block_ops(block_shape, block_shape.spec, work) if op.kind == "channel_masker"]
+        weights = sum(p.numel() for n, p in block.masker_channel.named_parameters() if n.endswith("weight"))
+        assert masker.traffic.weights == weights, block_shape.name
+        hidden = masker.dims[4]
+        assert (hidden == 0) == (layers == 1)
+
+
+def test_one_and_two_layer_maskers_predict_differently():
+    from laudnet.latency import predict
+    from laudnet.latency.costs import EngineCosts
+    from laudnet.latency.hardware import Hardware
+
+    profile = Hardware("test-cpu", 2, 8, 3.0e9, 15e9, engine=EngineCosts("cpu", 2))
+    reports = [predict(create_model("laud_resnet50", mode="channel", masker_layers=layers), profile, density=0.5)
+               for layers in (1, 2)]
+    masker_ms = [sum(b.ops_ms["masker"] for b in r.blocks) for r in reports]
+    assert masker_ms[0] != pytest.approx(masker_ms[1], rel=1e-3)

@@ -15,7 +15,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from laudnet.detection import DETECTORS, build_detector, laud_backbone
 from laudnet.detection.models import build_laud_fpn
 from laudnet.dynamic.spec import MODES
-from laudnet.train.losses import sparsity_loss
+from laudnet.training.losses import sparsity_loss
 
 from helpers import randomize_maskers_
 

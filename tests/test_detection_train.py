@@ -13,11 +13,10 @@ from PIL import Image
 
 from laudnet.cli import main
 from laudnet.detection import DetectionConfig, DetectionTrainer, SyntheticCocoShapes
-from laudnet.detection.engine import detector_from_config, train_detector
-from laudnet.train.data import SHAPES
+from laudnet.detection.training import detector_from_config, train_detector
+from laudnet.synthetic import SHAPES
 from laudnet.io import load_checkpoint
-from laudnet.train.config import load_config
-from laudnet.train.distributed import init_distributed
+from laudnet.training.distributed import init_distributed
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
 QUICK = CONFIGS / "synthetic_quick.yaml"
@@ -27,7 +26,7 @@ QUICK = CONFIGS / "synthetic_quick.yaml"
 def detection_run(tmp_path_factory):
     """The quick synthetic recipe, trained once; with the untrained model's evaluation."""
     output = tmp_path_factory.mktemp("detection") / "run"
-    config = load_config(QUICK, {"output": str(output)}, DetectionConfig)
+    config = DetectionConfig.load(QUICK, {"output": str(output)})
     trainer = DetectionTrainer(config, init_distributed("cpu"), progress=False)
     untrained = trainer.evaluate()
     summary = trainer.fit()
@@ -83,8 +82,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     """Interrupted after the first epoch's checkpoint, a resumed run ends where a straight one does."""
     overrides = {"synthetic_train_size": 16, "synthetic_val_size": 8, "batch_size": 4, "epochs": 2,
                  "detector": "mask_rcnn"}
-    straight = load_config(QUICK, {**overrides, "output": str(tmp_path / "straight")}, DetectionConfig)
-    broken = load_config(QUICK, {**overrides, "output": str(tmp_path / "broken")}, DetectionConfig)
+    straight = DetectionConfig.load(QUICK, {**overrides, "output": str(tmp_path / "straight")})
+    broken = DetectionConfig.load(QUICK, {**overrides, "output": str(tmp_path / "broken")})
     train_detector(straight, progress=False)
 
     evaluate, calls = DetectionTrainer.evaluate, []
@@ -113,21 +112,21 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "base.yaml"), ids=lambda p: p.stem)
 def test_every_recipe_loads_and_builds_its_detector(path):
-    config = dataclasses.replace(load_config(path, None, DetectionConfig), weights=None)  # no ImageNet model here
+    config = dataclasses.replace(DetectionConfig.load(path, None), weights=None)  # no ImageNet model here
     with torch.device("meta"):
         model = detector_from_config(config, num_classes=81)
     assert not model.backbone.body.dynamic_spec.is_static
 
 
 def test_coco_recipes_follow_the_official_ones():
-    retina = load_config(CONFIGS / "retinanet_r101_channel.yaml", None, DetectionConfig)
+    retina = DetectionConfig.load(CONFIGS / "retinanet_r101_channel.yaml", None)
     assert (retina.detector, retina.model, retina.mode, retina.channel_granularity) == ("retinanet", "laud_resnet101", "channel", 2)
     assert (retina.target, retina.backbone_lr_mult, retina.backbone_weight_decay_mult) == (0.6, 0.2, 0.9)
     assert (retina.epochs, retina.batch_size, retina.lr, retina.weight_decay) == (12, 16, 0.02, 1e-4)
     assert (retina.lr_schedule, retina.lr_milestones, retina.trainable_layers, retina.frozen_bn) == ("step", [8, 11], 3, True)
     assert (retina.min_size, retina.max_size, retina.t0, retina.t_last) == (800, 1333, 0.1, 0.01)
     for name, mult in (("retinanet", 0.2), ("faster_rcnn", 0.5), ("mask_rcnn", 0.3)):
-        layer = load_config(CONFIGS / f"{name}_r101_layer.yaml", None, DetectionConfig)
+        layer = DetectionConfig.load(CONFIGS / f"{name}_r101_layer.yaml", None)
         assert (layer.mode, layer.target, layer.backbone_lr_mult) == ("layer", 0.5, mult)
 
 
@@ -163,7 +162,7 @@ def test_bad_training_input_is_one_clear_line(tmp_path, capsys, args, problem, m
                  *[a.format(root=tmp_path) for a in args]])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and err[0].startswith("laudnet detect: error: ") and message in err[0], err
+    assert len(err) == 1 and err[0].startswith("laudnet detect train: error: ") and message in err[0], err
     assert not output.exists()
 
 

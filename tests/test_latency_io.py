@@ -131,7 +131,7 @@ def test_summary_must_match_the_model(tmp_path):
 
 
 def test_latency_command_json_has_the_report_fields(capsys):
-    assert main(["latency", "laud_resnet50", "--hardware", "tx2", "--mode", "layer", "--density", "0.5",
+    assert main(["latency", "predict", "laud_resnet50", "--hardware", "tx2", "--mode", "layer", "--density", "0.5",
                  "--reference-compatible", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["residual_ms"] == pytest.approx(9.907, rel=0.01)
@@ -140,27 +140,27 @@ def test_latency_command_json_has_the_report_fields(capsys):
 
 
 def test_latency_command_table(capsys):
-    assert main(["latency", "laud_resnet50", "--hardware", "v100", "--mode", "spatial", "--density", "0.5",
+    assert main(["latency", "predict", "laud_resnet50", "--hardware", "v100", "--mode", "spatial", "--density", "0.5",
                  "-S", "4-4-2-1", "--batch", "64"]) == 0
     out = capsys.readouterr().out
     assert "batch 64" in out and "S=4-4-2-1" in out and "whole model, per image" in out
-    assert main(["latency", "laud_resnet50", "--mode", "layer", "--density", "0.5", "--per-block"]) == 0
+    assert main(["latency", "predict", "laud_resnet50", "--mode", "layer", "--density", "0.5", "--per-block"]) == 0
     assert "layer4.2" in capsys.readouterr().out
 
 
 def test_search_granularity_command(capsys):
-    assert main(["search-granularity", "laud_resnet50", "--hardware", "tx2", "--mode", "spatial",
+    assert main(["latency", "search", "laud_resnet50", "--hardware", "tx2", "--mode", "spatial",
                  "--density", "0.5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["stages"]) == 4 and result["latency_ms"] <= result["baseline_ms"] < result["static_ms"]
-    assert main(["search-granularity", "laud_resnet50", "--hardware", "tx2", "--mode", "channel",
+    assert main(["latency", "search", "laud_resnet50", "--hardware", "tx2", "--mode", "channel",
                  "--density", "0.5"]) == 0
     assert "faster than static" in capsys.readouterr().out
 
 
 def test_latency_plot_writes_a_png(tmp_path, capsys):
     path = tmp_path / "plots" / "curve.png"
-    assert main(["latency-plot", "laud_resnet50", "--hardware", "tx2", "-o", str(path), "--points", "3"]) == 0
+    assert main(["latency", "plot", "laud_resnet50", "--hardware", "tx2", "-o", str(path), "--points", "3"]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in path.parent.iterdir() if p.name != "curve.png"]
 
@@ -168,9 +168,10 @@ def test_latency_plot_writes_a_png(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["latency", "laud_resnet50", "--hardware", "gpu9000"], "unknown hardware 'gpu9000'"),
-        (["latency", "laud_resnet50", "--mode", "spatial", "--density", "1.5"], "density must be a number in [0, 1]"),
-        (["latency-plot", "laud_resnet50", "-o", "x.png", "--modes", "static"], "--modes"),
+        (["latency", "predict", "laud_resnet50", "--hardware", "gpu9000"], "unknown hardware 'gpu9000'"),
+        (["latency", "predict", "laud_resnet50", "--mode", "spatial", "--density", "1.5"],
+         "density must be a number in [0, 1]"),
+        (["latency", "plot", "laud_resnet50", "-o", "x.png", "--modes", "static"], "modes: expected dynamic modes"),
     ],
 )
 def test_command_errors_are_one_line(capsys, argv, message):

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from laudnet import create_model
-from laudnet.sparse import SparseModel, calibrate_density, convert
+from laudnet.sparse import SparseModel, set_gate_density, convert
 
 from helpers import randomize_
 
@@ -75,7 +75,7 @@ def test_engine_equals_masked_model_and_executes_the_dynamic_macs(name, mode, kw
     # All-off and all-on take the simplest paths; once per model and mode is enough.
     densities = DENSITIES if FIRST_OF_MODE[(name, mode)] is kwargs else (0.3, 0.7)
     for density in densities:
-        calibrate_density(model, density, x)
+        set_gate_density(model, density, x)
         stats = _check(model, engine, x)
         _check(model, engine, x[1:2])
         ratio = stats.macs_ratio
@@ -93,7 +93,7 @@ def test_engine_at_224(name, mode):
     model = _build(name, mode, seed=1, **FIRST_OF_MODE[(name, mode)])
     engine = convert(model)
     x = torch.randn(4, 3, 224, 224)
-    calibrate_density(model, 0.5, x)  # on 4 images, so that whole-block gates can reach 0.5 too
+    set_gate_density(model, 0.5, x)  # on 4 images, so that whole-block gates can reach 0.5 too
     batch = 4 if (name, mode) == ("laud_resnet50", "both") else 1  # one mixed batch at 224² keeps the suite fast
     stats = _check(model, engine, x[:batch])
     assert 0.1 < float(stats.macs_ratio.mean()) < 0.9
@@ -106,7 +106,7 @@ def test_channels_all_off_leave_conv3_bias():
     model = _build("laud_resnet50", "both", spatial_granularity=2, width_multiplier=0.25)
     engine = convert(model)
     x = torch.randn(2, 3, 64, 48)
-    calibrate_density(model, 0.5, x)
+    set_gate_density(model, 0.5, x)
     for _, block in model.named_dynamic_blocks():
         block.masker_channel.force = False
     stats = _check(model, engine, x)
@@ -145,16 +145,16 @@ def test_static_models_and_unknown_models():
 
 
 @pytest.mark.parametrize("mode", ["spatial", "channel", "layer"])
-def test_calibrate_density_reaches_the_density(mode):
+def test_set_gate_density_reaches_the_density(mode):
     model = create_model("laud_resnet50", mode=mode, spatial_granularity=2, width_multiplier=0.25)
     images = torch.randn(8, 3, 64, 64)
     for density in (0.0, 0.25, 0.6, 1.0):
-        result = calibrate_density(model, density, images)
+        result = set_gate_density(model, density, images)
         tolerance = 0.07 if mode == "layer" else 0.01  # one decision per image: steps of 1/8
         assert result.achieved == pytest.approx(density, abs=tolerance)
         assert set(result.blocks) == {name for name, _ in model.named_dynamic_blocks()}
     with pytest.raises(ValueError, match=r"density must be in \[0, 1\]"):
-        calibrate_density(model, 1.5, images)
+        set_gate_density(model, 1.5, images)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -162,7 +162,7 @@ def test_calibrate_density_reaches_the_density(mode):
 def test_engine_on_cuda(mode):
     model = _build("laud_regnet_y_400mf", mode, spatial_granularity=2).cuda()
     x = torch.randn(4, 3, *ODD_SIZE, device="cuda")
-    calibrate_density(model, 0.5, x)
+    set_gate_density(model, 0.5, x)
     engine = convert(model)
     with torch.no_grad():
         want, got = model(x), engine(x)

@@ -11,15 +11,15 @@ from laudnet.cli import main
 from laudnet.io import save_torch
 from laudnet.models import checkpoint_metadata, model_from_checkpoint
 from laudnet.sparse import convert
-from laudnet.train.data import SyntheticShapes
+from laudnet.classification import SyntheticShapes
 
 from helpers import TINY_RUN
 
-QUICK = ["--input", "64x48", "--repeats", "1", "--warmup", "0", "--calibration-images", "2"]
+QUICK = ["--input", "64x48", "--calls", "1", "--blocks", "1", "--warmup", "0", "--calibration-images", "2"]
 
 
 def test_bench_sparse_json_has_the_latencies_and_the_realised_ratio(capsys):
-    assert main(["bench-sparse", "laud_resnet50", "--mode", "spatial", "-S", "2", "--density", "0.5", *QUICK,
+    assert main(["sparse", "bench", "laud_resnet50", "--mode", "spatial", "-S", "2", "--density", "0.5", *QUICK,
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("engine_ms", "masked_ms", "static_ms"):
@@ -34,20 +34,20 @@ def test_bench_sparse_from_a_checkpoint_of_a_reduced_model(tmp_path, capsys):
                          layers=[1, 1, 1, 1], num_classes=5)
     path = tmp_path / "small.pth"
     save_torch({"model_config": checkpoint_metadata(model), "model": model.state_dict()}, path)
-    assert main(["bench-sparse", "--checkpoint", str(path), "--density", "0.4", *QUICK]) == 0
+    assert main(["sparse", "bench", "--checkpoint", str(path), "--density", "0.4", *QUICK]) == 0
     out = capsys.readouterr().out
     assert "sparse engine" in out and "masked model" in out and "static (laud_resnet50 static" in out
     assert "MACs ratio realised" in out
 
 
 def test_bench_sparse_usage_errors(tmp_path, capsys):
-    assert main(["bench-sparse", "--density", "0.5"]) == 2
+    assert main(["sparse", "bench", "--density", "0.5"]) == 2
     assert "give either a model name or --checkpoint" in capsys.readouterr().err
-    assert main(["bench-sparse", "laud_resnet50", "--density", "0.5"]) == 2
+    assert main(["sparse", "bench", "laud_resnet50", "--density", "0.5"]) == 2
     assert "--mode is required" in capsys.readouterr().err
-    assert main(["bench-sparse", "--checkpoint", str(tmp_path / "missing.pth"), "--mode", "layer"]) == 2
+    assert main(["sparse", "bench", "--checkpoint", str(tmp_path / "missing.pth"), "--mode", "layer"]) == 2
     assert "a --checkpoint brings its own" in capsys.readouterr().err
-    assert main(["bench-sparse", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    assert main(["sparse", "bench", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from laudnet import create_model
-from laudnet.train.config import TrainConfig, add_config_arguments, load_config, overrides_from_args
+from laudnet.classification import TrainConfig
+from laudnet.training.config import add_config_arguments, overrides_from_args
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 # Classification recipes; configs/detection/ holds detection configs (tested in test_detection_train.py).
@@ -18,7 +19,7 @@ CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if ROOT / "detection" not in p.
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "base.yaml"], ids=lambda p: p.stem)
 def test_every_recipe_loads_and_builds_its_model(path):
-    config = load_config(path)
+    config = TrainConfig.load(path)
     with torch.device("meta"):
         model = create_model(config.model, mode=config.mode, spatial_granularity=config.spatial_granularity,
                              channel_granularity=config.channel_granularity, **config.model_kwargs)
@@ -26,7 +27,7 @@ def test_every_recipe_loads_and_builds_its_model(path):
 
 
 def test_imagenet_recipes_follow_the_official_hyperparameters():
-    config = load_config(Path(__file__).resolve().parents[1] / "configs/imagenet/regnet_y_400mf_channel.yaml")
+    config = TrainConfig.load(Path(__file__).resolve().parents[1] / "configs/imagenet/regnet_y_400mf_channel.yaml")
     assert (config.epochs, config.batch_size, config.lr, config.weight_decay) == (100, 1024, 0.08, 5e-5)
     assert (config.lambda_sparsity, config.alpha_distill, config.distill_temperature) == (10.0, 0.5, 4.0)
     assert (config.t0, config.t_last, config.temperature_schedule, config.target) == (5.0, 0.1, "exp", 0.5)
@@ -37,15 +38,15 @@ def test_base_and_overrides(tmp_path):
     (tmp_path / "base.yaml").write_text("epochs: 7\nlr: 0.5\n")
     (tmp_path / "run.yaml").write_text("base: base.yaml\nlr: 0.25\n")
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_config_arguments(parser, TrainConfig)
     args = parser.parse_args(["--batch-size", "8", "--mode", "spatial-spatial-channel-static",
                               "--model-kwargs", "{layers: [1, 1, 1, 1]}", "--nesterov", "false"])
-    config = load_config(tmp_path / "run.yaml", overrides_from_args(args))
+    config = TrainConfig.load(tmp_path / "run.yaml", overrides_from_args(args))
     assert (config.epochs, config.lr, config.batch_size) == (7, 0.25, 8)
     assert config.mode == "spatial-spatial-channel-static" and config.model_kwargs == {"layers": [1, 1, 1, 1]}
     assert config.nesterov is False
     config.save(tmp_path / "saved.yaml")
-    assert load_config(tmp_path / "saved.yaml") == config
+    assert TrainConfig.load(tmp_path / "saved.yaml") == config
 
 
 @pytest.mark.parametrize("text, message", [
@@ -60,12 +61,12 @@ def test_base_and_overrides(tmp_path):
 def test_bad_config_files(tmp_path, text, message):
     (tmp_path / "run.yaml").write_text(text)
     with pytest.raises(ValueError, match=message):
-        load_config(tmp_path / "run.yaml")
+        TrainConfig.load(tmp_path / "run.yaml")
 
 
 def test_missing_config_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config file not found"):
-        load_config(tmp_path / "nope.yaml")
+        TrainConfig.load(tmp_path / "nope.yaml")
 
 
 def test_defaults_are_the_official_recipe():

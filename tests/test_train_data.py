@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from laudnet.train.data import SHAPES, SyntheticShapes, image_folder
+from laudnet.classification.data import SyntheticShapes, image_folder
+from laudnet.synthetic import SHAPES
 
 
 def test_synthetic_images_are_deterministic_and_split_apart():

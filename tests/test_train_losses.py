@@ -9,7 +9,7 @@ import torch
 
 from laudnet.dynamic.gates import temperature_at
 from laudnet.dynamic.stats import BlockStats, ModelStats
-from laudnet.train.losses import block_bounds, distillation_loss, sparsity_loss
+from laudnet.training.losses import block_bounds, distillation_loss, sparsity_loss
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ def test_overlay_darkens_only_skipped_cells():
 def test_show_masks_writes_a_png(trained_run, tmp_path, capsys):
     output, _ = trained_run
     path = tmp_path / "masks.png"
-    assert main(["show-masks", "--checkpoint", str(output / "last.pth"), "--images", "3", "-o", str(path)]) == 0
+    assert main(["viz", "masks", "--checkpoint", str(output / "last.pth"), "--images", "3", "-o", str(path)]) == 0
     assert "4 blocks x 3 images" in capsys.readouterr().out
     assert Image.open(path).size[0] > 100
 
@@ -29,6 +29,6 @@ def test_show_masks_writes_a_png(trained_run, tmp_path, capsys):
 def test_show_masks_needs_spatial_dynamics(trained_run, tmp_path, capsys):
     output, _ = trained_run
     static = output / "pretrain" / "last.pth"
-    assert main(["show-masks", "--checkpoint", str(static), "-o", str(tmp_path / "x.png")]) == 2
+    assert main(["viz", "masks", "--checkpoint", str(static), "-o", str(tmp_path / "x.png")]) == 2
     assert "no spatial or layer dynamics" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

@@ -3,14 +3,16 @@ Faster R-CNN and Mask R-CNN, COCO-format data (and built-in synthetic shapes), C
 
 from .config import DetectionConfig
 from .data import CocoDetection, SyntheticCocoShapes, SyntheticSettings, collate
-from .engine import DetectionTrainer, build_detection_data, detector_from_checkpoint, train_detector
+from .training import (
+    DetectionTrainer, build_detection_data, detector_from_checkpoint, evaluate_checkpoint, train_detector,
+)
 from .evaluation import CocoMetrics, DetectionEvalResult, coco_metrics, evaluate_detector
 from .models import BACKBONES, DETECTORS, LaudFPN, build_detector, laud_backbone
-from .predict import Prediction, predict, save_prediction
+from .predict import Prediction, image_tensor, predict, read_image, save_prediction
 
 __all__ = [
     "BACKBONES", "CocoDetection", "CocoMetrics", "DETECTORS", "DetectionConfig", "DetectionEvalResult",
     "DetectionTrainer", "LaudFPN", "Prediction", "SyntheticCocoShapes", "SyntheticSettings", "build_detection_data",
-    "build_detector", "coco_metrics", "collate", "detector_from_checkpoint", "evaluate_detector", "laud_backbone",
-    "predict", "save_prediction", "train_detector",
+    "build_detector", "coco_metrics", "collate", "detector_from_checkpoint", "evaluate_checkpoint", "evaluate_detector",
+    "image_tensor", "laud_backbone", "predict", "read_image", "save_prediction", "train_detector",
 ]

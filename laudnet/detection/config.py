@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..train.config import RunConfig, check_choice, check_positive_ints
+from ..training.config import RunConfig, check_choice, check_positive_ints
 from .data import SyntheticSettings
 from .models import BACKBONES, DETECTORS
 from ..errors import UsageError

@@ -29,8 +29,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from ..io import PathLike, atomic_open, write_text
-from ..train.data import SHAPES, Box, cluttered_background, shape_mask
-from ..errors import UsageError
+from ..synthetic import SHAPES, Box, cluttered_background, shape_mask
+from ..errors import MissingFileError, UsageError
 
 Target = dict[str, torch.Tensor]
 
@@ -167,12 +167,12 @@ class CocoDetection(DetectionDataset):
         self.masks = masks
         self.dataset = read_coco_json(self.annotation_file)
         if not self.image_folder.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.image_folder} (for {self.annotation_file})")
+            raise MissingFileError(f"image folder not found: {self.image_folder} (for {self.annotation_file})")
         self._index()
         missing = [image["file_name"] for image in self.images if not (self.image_folder / image["file_name"]).is_file()]
         if missing:
             shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
-            raise FileNotFoundError(f"{len(missing)} of {len(self.images)} images listed in {self.annotation_file} "
+            raise MissingFileError(f"{len(missing)} of {len(self.images)} images listed in {self.annotation_file} "
                                     f"are missing from {self.image_folder}: {shown}")
 
     def load_image(self, index: int) -> np.ndarray:
@@ -184,7 +184,7 @@ class CocoDetection(DetectionDataset):
 def read_coco_json(path: Path) -> dict:
     """Read and check a COCO annotation file; errors name the file and what is wrong."""
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingFileError(f"annotation file not found: {path}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

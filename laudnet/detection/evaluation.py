@@ -23,8 +23,8 @@ from torchvision.models.detection import MaskRCNN
 from tqdm import tqdm
 
 from ..dynamic.stats import DensityMeter
-from ..train.distributed import DistEnv, all_reduce_sum
-from ..train.runner import autocast
+from ..training.distributed import DistEnv, all_reduce_sum
+from ..training.loop import autocast
 from .data import encode_mask
 from .models import laud_backbone
 from ..errors import UsageError
@@ -94,7 +94,8 @@ def to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_ids
 
 @dataclass
 class DetectionEvalResult:
-    """COCO metrics and what the backbone computed on a data set."""
+    """COCO metrics and what the backbone computed on a data set (``target``: the MACs ratio the
+    evaluated checkpoint was trained to, where known)."""
 
     bbox: CocoMetrics
     segm: CocoMetrics | None
@@ -102,6 +103,7 @@ class DetectionEvalResult:
     images: int
     detections: int
     blocks: list[dict] = field(default_factory=list)
+    target: float | None = None
 
 
 def _gather(items: list, env: DistEnv) -> list:

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+
+from ..errors import UsageError
 
 from ..io import PathLike, atomic_open
 from ..viz.masks import mask_overlay
@@ -37,6 +40,20 @@ class Prediction:
     masks: torch.Tensor | None
     macs_ratio: float
     backbone_masks: list[BackboneMask]
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """An image file as ``H×W×3`` uint8 RGB, with one clear error for a file that is not an image."""
+    try:
+        with Image.open(path) as file:
+            return np.array(file.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as error:
+        raise UsageError(f"cannot read image {path}: {error}") from None
+
+
+def image_tensor(array: np.ndarray) -> torch.Tensor:
+    """``H×W×3`` uint8 as the ``3×H×W`` float image in [0, 1] a detector takes."""
+    return torch.from_numpy(array).permute(2, 0, 1).float().div(255)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ one, and everything that predicts takes either.
 from .design.search import GranularityResult, StageChoice, search_granularity
 from .hardware import PRESETS, Hardware, get_hardware, list_presets, load_hardware, save_hardware
 from .interface import BlockDensity, BlockLatency, LatencyModel
-from .predict import LatencyReport, block_latency, latency_model, predict, resolve_shape
+from .prediction import LatencyReport, block_latency, latency_model, predict, resolve_shape
 from .summary import RunSummary, block_densities, read_summary
 
 __all__ = [

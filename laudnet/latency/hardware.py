@@ -29,7 +29,7 @@ import yaml
 
 from ..io import write_text
 from .costs import EngineCosts
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 
 LATENCY_MODES: tuple[str, ...] = ("add", "max")
 RECORD_KEY = "calibration"
@@ -169,7 +169,7 @@ def load_record(path: Union[str, os.PathLike]) -> dict[str, Any]:
 def _read_spec(path: Path) -> dict[str, Any]:
     """The YAML mapping of a spec, its keys checked: known, required ones present, record a mapping."""
     if not path.is_file():
-        raise FileNotFoundError(f"hardware spec not found: {path}")
+        raise MissingFileError(f"hardware spec not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

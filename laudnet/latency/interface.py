@@ -4,9 +4,9 @@ A :class:`LatencyModel` prices a backbone's parts on one device at one batch siz
 as its stage spec says at given densities (:class:`BlockDensity`), the stem and the head. Two
 implementations exist: the paper's analytic GPU model (:mod:`.analytic`) and a profile fitted to
 the sparse engine on a measured device (:mod:`.calibrated`).
-:func:`~laudnet.latency.predict.latency_model` turns a preset name, a YAML file, a
+:func:`~laudnet.latency.prediction.latency_model` turns a preset name, a YAML file, a
 :class:`~.hardware.Hardware` or a model into the right one; prediction, search and suggestion
-(:mod:`.predict`, :mod:`.design`) take either.
+(:mod:`.prediction`, :mod:`.design`) take either.
 """
 
 from __future__ import annotations

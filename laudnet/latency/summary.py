@@ -16,7 +16,7 @@ from typing import Any, Union
 from ..dynamic.spec import DynamicSpec
 from ..models.structure import ModelShape, parse_input_size
 from .interface import BlockDensity
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 
 DENSITY_KEYS: dict[str, str] = {
     "conv1": "conv1_density",
@@ -41,7 +41,7 @@ def read_summary(path: Union[str, os.PathLike]) -> RunSummary:
     """Parse and validate ``path``; any problem raises a ``ValueError`` naming the file and entry."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"summary not found: {path}")
+        raise MissingFileError(f"summary not found: {path}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

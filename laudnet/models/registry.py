@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
+import torch
 from torch import nn
 from ..errors import UsageError
 
@@ -67,6 +69,28 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _BUILDERS:
         raise UsageError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
     return _BUILDERS[name](**kwargs)
+
+
+def create_meta_model(name: str, **kwargs) -> nn.Module:
+    """Build ``name`` on the meta device, structure only: no memory for weights, no time initialising them."""
+    with torch.device("meta"), _no_initialisation():
+        return create_model(name, **kwargs)
+
+
+# The initialisers torch's layers and laudnet's models call; on meta tensors they compute nothing.
+_INITIALISERS = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextmanager
+def _no_initialisation() -> Iterator[None]:
+    saved = {name: getattr(nn.init, name) for name in _INITIALISERS}
+    for name in _INITIALISERS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 def register_with_timm() -> bool:

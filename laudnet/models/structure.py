@@ -20,6 +20,7 @@ from ..dynamic.maskers import ChannelMasker, SpatialMasker
 from ..dynamic.spec import StageSpec
 from ..errors import UsageError
 from .family import BlockLayout, family_of
+from .registry import create_meta_model
 
 InputSize = Union[int, tuple[int, int], str]
 Number = TypeVar("Number", float, torch.Tensor)
@@ -142,6 +143,11 @@ class BlockShape:
         return total
 
     @property
+    def group_width(self) -> int:
+        """Channels per conv group of conv2 (the width for a dense conv2)."""
+        return self.width // self.groups
+
+    @property
     def channel_groups(self) -> int:
         """Decisions of the channel masker: the width in groups of ``G`` channels."""
         return self.width // self.spec.channel_granularity
@@ -215,10 +221,7 @@ def model_shape(model: Union[nn.Module, str], input_size: InputSize = 224, **mod
     A name is built on the meta device, so no weights are allocated.
     """
     if isinstance(model, str):
-        from .registry import create_model
-
-        with torch.device("meta"):
-            model = create_model(model, **model_kwargs)
+        model = create_meta_model(model, **model_kwargs)
     return family_of(model).shape(model, parse_input_size(input_size))
 
 

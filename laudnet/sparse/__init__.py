@@ -1,12 +1,18 @@
 """Sparse inference: run a LAUD model computing only what its masks select.
 
-``convert(model)`` builds the engine; ``calibrate_density`` sets a model's gates to a chosen
+``convert(model)`` builds the engine; ``set_gate_density`` sets a model's gates to a chosen
 density without training; ``compare_latency`` times the engine beside the masked and the
 static model.
 """
 
+from .._deprecation import module_getattr
 from .benchmark import LatencyComparison, compare_latency
-from .calibration import DensityCalibration, calibrate_density
+from .density import GateDensity, set_gate_density
 from .executor import SparseModel, convert
 
-__all__ = ["DensityCalibration", "LatencyComparison", "SparseModel", "calibrate_density", "compare_latency", "convert"]
+__all__ = ["GateDensity", "LatencyComparison", "SparseModel", "compare_latency", "convert", "set_gate_density"]
+
+__getattr__ = module_getattr(__name__, {
+    "calibrate_density": "laudnet.sparse.density:set_gate_density",
+    "DensityCalibration": "laudnet.sparse.density:GateDensity",
+})

@@ -1,7 +1,7 @@
 """Measuring the engine against the masked model and the static network, side by side.
 
-Latencies on a shared machine drift with its load, so the candidates are timed in
-interleaved rounds (one call of each per round) after a warm-up, and medians are reported:
+Latencies on a shared machine drift with its load, so the candidates are timed in the same
+run, in sequential blocks, and the fastest call of each is reported (:mod:`laudnet.timing`):
 a slow period then slows every candidate alike and their ratios stay meaningful.
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,8 +18,9 @@ from torch import nn
 
 from ..models.backbone import DynamicBackbone
 from ..models.registry import create_model
-from .executor import SparseModel, convert
 from ..errors import UsageError
+from ..timing import fastest_in_blocks
+from .executor import SparseModel, convert
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ _TORCHVISION_NEUTRAL = {
 
 @dataclass
 class LatencyComparison:
-    """Median latencies (milliseconds per batch) measured in the same interleaved rounds.
+    """Fastest latencies (milliseconds per batch) measured in the same run, in sequential blocks.
 
     ``static_ms`` is the faster of the static network in NCHW and in channels-last layout
     (``static_layout``); ``static_model`` names that network. ``macs_ratio`` is the realised
@@ -51,7 +50,8 @@ class LatencyComparison:
     batch: int
     input_hw: tuple[int, int]
     threads: int
-    repeats: int
+    blocks: int
+    calls: int
 
     @property
     def engine_vs_static(self) -> float:
@@ -83,49 +83,18 @@ def static_reference(model: DynamicBackbone) -> tuple[nn.Module, str]:
     return static.to(device=param.device, dtype=param.dtype).eval(), label
 
 
-def time_call_ms(fn: Callable[[], object], device: str = "cpu") -> float:
-    """Milliseconds of one call of ``fn``; on CUDA, from an idle device to the end of its work."""
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1000.0
-
-
-def median_latencies(
-    functions: dict[str, Callable[[], object]], warmup: int = 3, repeats: int = 10,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """Median milliseconds per call of each function, timed in interleaved rounds after ``warmup`` calls.
-
-    On a CUDA ``device`` every call is synchronised, so the time is the kernels', not the launch's.
-    """
-    if repeats < 1 or warmup < 0:
-        raise UsageError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-
-    for fn in functions.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in functions}
-    for _ in range(repeats):
-        for key, fn in functions.items():
-            samples[key].append(time_call_ms(fn, device))
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 @torch.no_grad()
 def compare_latency(
     model: DynamicBackbone,
     images: torch.Tensor,
     engine: SparseModel | None = None,
-    warmup: int = 3,
-    repeats: int = 10,
+    warmup: int = 2,
+    calls: int = 5,
+    blocks: int = 3,
     measure_masked: bool = True,
 ) -> LatencyComparison:
-    """Time the engine, the masked model and the static network on ``images``, interleaved.
+    """Time the engine, the masked model and the static network on ``images`` side by side
+    (``blocks`` rounds of ``calls`` timed calls each, after ``warmup`` calls; see :mod:`laudnet.timing`).
 
     ``engine`` defaults to ``convert(model)``; pass one to reuse it across masks (it shares
     the model's maskers). The masks are whatever the model's maskers decide on ``images``.
@@ -143,7 +112,7 @@ def compare_latency(
     }
     if measure_masked:
         functions["masked"] = lambda: model(images)
-    times = median_latencies(functions, warmup, repeats, images.device)
+    times = fastest_in_blocks(functions, blocks=blocks, calls=calls, warmup=warmup, device=images.device)
     layout = "nchw" if times["static_nchw"] <= times["static_channels_last"] else "channels_last"
     log.debug("latencies (ms): %s", times)
     return LatencyComparison(
@@ -156,5 +125,6 @@ def compare_latency(
         batch=int(images.shape[0]),
         input_hw=(int(images.shape[-2]), int(images.shape[-1])),
         threads=torch.get_num_threads(),
-        repeats=repeats,
+        blocks=blocks,
+        calls=calls,
     )

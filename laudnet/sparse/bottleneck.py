@@ -43,43 +43,6 @@ from .kernels import Kernels, Shape
 Tensor = Any  # a torch.Tensor, or a Shape when the program is priced
 
 
-@dataclass(frozen=True)
-class BottleneckConfig:
-    """The static structure of a block that its program needs (no feature sizes)."""
-
-    name: str
-    in_channels: int
-    width: int
-    out_channels: int
-    stride: int
-    groups: int
-    se_channels: int
-    has_projection: bool
-    spatial: bool
-    whole_block: bool
-    channel: bool
-    channel_granularity: int
-    spatial_granularity: int
-    masker_sizes: tuple[tuple[int, int], ...]
-
-    @classmethod
-    def of(cls, shape: BlockShape) -> "BottleneckConfig":
-        spec = shape.spec
-        return cls(
-            name=shape.name, in_channels=shape.in_channels, width=shape.width, out_channels=shape.out_channels,
-            stride=shape.stride, groups=shape.groups, se_channels=shape.se_channels,
-            has_projection=shape.has_projection, spatial=spec.has_spatial, whole_block=spec.mode == "layer",
-            channel=spec.has_channel,
-            channel_granularity=spec.channel_granularity if spec.has_channel else shape.width,
-            spatial_granularity=spec.spatial_granularity,
-            masker_sizes=shape.channel_masker_sizes() if spec.has_channel else (),
-        )
-
-    @property
-    def group_width(self) -> int:
-        return self.width // self.groups
-
-
 @dataclass
 class Channels:
     """Active bottleneck channels, their channel groups and (for a grouped conv2) their conv groups."""
@@ -112,10 +75,14 @@ class Work:
 
 
 class BottleneckProgram:
-    """A block's execution in kernel primitives; ``p`` holds its folded weights (see :func:`weight_shapes`)."""
+    """A block's execution in kernel primitives.
 
-    def __init__(self, config: BottleneckConfig, weights: Any, source: DynamicBottleneck | None = None) -> None:
-        self.c = config
+    ``shape`` gives the block's layers and spec (its feature sizes are not used: a program runs
+    at any input size); ``p`` holds its folded weights (see :func:`weight_shapes`).
+    """
+
+    def __init__(self, shape: BlockShape, weights: Any, source: DynamicBottleneck | None = None) -> None:
+        self.shape = shape
         self.p = weights
         self.source = source  # the model's block, whose maskers decide (None when priced)
 
@@ -127,7 +94,7 @@ class BottleneckProgram:
         if len(works) == 1 and works[0].samples is None and works[0].pixels is None:
             return self.dense_block(k, x, works[0].channels)
         # The identity shortcut is x itself: each branch reads its samples before adding to them.
-        out = self.project(k, x, self.p.bp) if self.c.has_projection else x
+        out = self.project(k, x, self.p.bp) if self.shape.has_projection else x
         for work in works:
             self.add_branch(k, x, out, work)
         return k.relu_("residual", out)
@@ -184,20 +151,20 @@ class BottleneckProgram:
         groups = k.nonzero("masker", group_mask)
         if k.size(groups) == math.prod(group_mask.shape):
             return None
-        g, gw = self.c.channel_granularity, self.c.group_width
+        g, gw = self.shape.spec.channel_granularity, self.shape.group_width
         index = k.scale_add("masker", groups, g, k.arange("masker", groups, g))
         return Channels(index, groups, k.floordiv("masker", k.every(index, gw), gw), k.size(groups) * g)
 
     # -- how to compute it ----------------------------------------------------------------------
     def project(self, k: Kernels, x: Tensor, bias: Tensor) -> Tensor:
         """The projection shortcut (strided 1x1 conv) with the given folded bias."""
-        stride, (b, _, h, w) = self.c.stride, x.shape
+        stride, (b, _, h, w) = self.shape.stride, x.shape
         rows = k.rows(x) if stride == 1 else k.strided_rows("projection", x, stride)
         return k.image(k.addmm("projection", bias, rows, self.p.wp), b, (math.ceil(h / stride), math.ceil(w / stride)))
 
     def dense_block(self, k: Kernels, x: Tensor, channels: Channels | None) -> Tensor:
         """Every sample and position computes: the whole branch adds into the shortcut in place."""
-        if self.c.has_projection:
+        if self.shape.has_projection:
             out = self.project(k, x, self.p.bp3)  # conv3's bias folded in
             self.add_dense(k, x, out, channels, add_bias=False)
         else:
@@ -262,13 +229,13 @@ class BottleneckProgram:
         batch, _, h, w = x.shape
         h1 = k.image(self.conv1(k, k.rows(x), channels), batch, (h, w))
         if channels is None:
-            weight, bias, groups = self.p.w2, self.p.b2, self.c.groups
+            weight, bias, groups = self.p.w2, self.p.b2, self.shape.groups
         else:
             weight = self.conv2_weight(k, channels)
             bias = k.index_select("conv2", self.p.b2, 0, channels.index)
-            groups = k.size(channels.conv_groups) if self.c.groups > 1 else 1
-        h2 = k.rows(k.relu_("conv2", k.conv2d("conv2", h1, weight, bias, self.c.stride, 1, groups)))
-        if self.c.se_channels:
+            groups = k.size(channels.conv_groups) if self.shape.groups > 1 else 1
+        h2 = k.rows(k.relu_("conv2", k.conv2d("conv2", h1, weight, bias, self.shape.stride, 1, groups)))
+        if self.shape.se_channels:
             per_image = k.size(h2) // batch
             per_sample = k.view(h2, batch, per_image, -1)
             scale = self.se_scale(k, k.mean("se", per_sample, 1), channels)
@@ -281,10 +248,10 @@ class BottleneckProgram:
         (Selecting inputs along the innermost dimension instead is ten times slower.)
         """
         index = channels.index
-        if self.c.groups > 1:  # active channels are whole conv groups: only outputs are selected
+        if self.shape.groups > 1:  # active channels are whole conv groups: only outputs are selected
             return k.index_select("conv2", self.p.w2_rows, 0, index)
-        g = self.c.channel_granularity
-        in_groups = self.c.width // g
+        g = self.shape.spec.channel_granularity
+        in_groups = self.shape.width // g
         pairs = k.add("conv2", k.mul_scalar("conv2", k.view(index, -1, 1), in_groups), k.view(channels.groups, 1, -1))
         rows = k.index_select("conv2", k.view(self.p.w2_rows, -1, g * 9), 0, k.view(pairs, -1))
         return k.view(rows, channels.count, k.size(channels.groups) * g, 3, 3)
@@ -294,7 +261,7 @@ class BottleneckProgram:
     ) -> Tensor:
         """conv3's output rows at the active positions (flat over the sub-batch's output pixels)."""
         batch, _, h, w = x.shape
-        tables = k.gather_tables(batch, (h, w), self.c.stride, x)
+        tables = k.gather_tables(batch, (h, w), self.shape.stride, x)
         rows = k.rows(x)
         positions = pixels.positions
         needed = k.nonzero("conv1", pixels.conv1)
@@ -308,7 +275,7 @@ class BottleneckProgram:
         windows = k.index_select("conv2", tables.windows, 0, positions)
         cols = k.index_select("conv2", buffer, 0, k.view(windows, -1))
         h2 = k.relu_("conv2", self.conv2_cols(k, k.view(cols, k.size(positions), 9, -1), channels))
-        if self.c.se_channels:
+        if self.shape.se_channels:
             sample_of_row = k.floordiv("se", positions, out_hw[0] * out_hw[1])
             h2 = k.mul("se", h2, self.se_scale_at(k, h2, sample_of_row, batch, channels))
         return self.conv3(k, h2, channels)
@@ -319,13 +286,13 @@ class BottleneckProgram:
         taps, bias = self.p.w2_taps, self.p.b2
         if channels is not None:
             bias = k.index_select("conv2", bias, 0, channels.index)
-        if self.c.groups == 1:
+        if self.shape.groups == 1:
             if channels is not None:
                 taps = k.index_select("conv2", k.index_select("conv2", taps, 1, channels.index), 2, channels.index)
             return k.addmm("conv2", bias, k.view(cols, n, -1), k.view(taps, -1, k.size(taps, 2)))
         if channels is not None:
             taps = k.index_select("conv2", taps, 0, channels.conv_groups)
-        groups, gw = k.size(taps), self.c.group_width
+        groups, gw = k.size(taps), self.shape.group_width
         grouped = k.group_rows("conv2", cols, groups, gw)
         out = k.baddbmm("conv2", k.view(bias, groups, 1, gw), grouped, taps)
         return k.ungroup_rows("conv2", out)
@@ -357,7 +324,7 @@ class BottleneckProgram:
         return k.sigmoid_("se", k.addmm("se", b2, hidden, k.t(w2)))
 
 
-def weight_shapes(c: BottleneckConfig) -> SimpleNamespace:
+def weight_shapes(c: BlockShape) -> SimpleNamespace:
     """The folded weights of a block as :class:`~.kernels.Shape` s (what a priced program reads)."""
     gw = c.group_width
     taps = (9, c.width, c.width) if c.groups == 1 else (c.groups, 9 * gw, gw)
@@ -385,12 +352,11 @@ class SparseBlock(nn.Module):
         for unit in (layout.a, layout.b):
             if not isinstance(unit.act, nn.ReLU):
                 raise UsageError(f"{block.block_name}: the sparse engine supports ReLU activations, got {unit.act}")
-        self.config = BottleneckConfig.of(block.shape_at((1, 1)))
+        shape = block.shape_at((1, 1))  # the layers; a program runs at any input size
         self.name = block.block_name
         self._source = (block,)  # a tuple, not a submodule: only its maskers are shared (below)
         self.masker_spatial = block.masker_spatial
         self.masker_channel = block.masker_channel
-        c = self.config
         a, b, cu = layout.a, layout.b, layout.c
         w1, b1 = fold_conv_bn(a.conv, a.norm)
         self.register_buffer("w1", w1.flatten(1))  # (out, in): active outputs are rows
@@ -399,11 +365,11 @@ class SparseBlock(nn.Module):
         # Channels-last like the activations (else every conv call converts it): (out, 3, 3, in/groups) in memory.
         self.register_buffer("w2", w2.contiguous(memory_format=torch.channels_last))
         self.register_buffer("b2", b2)
-        if c.channel:
+        if shape.spec.has_channel:
             # (out, in/groups, 3, 3) contiguous: an (output, input group) pair is one row of G·9 weights.
             self.register_buffer("w2_rows", w2)
-        if c.spatial:
-            self.register_buffer("w2_taps", _tap_layout(w2, c.groups))
+        if shape.spec.has_spatial:
+            self.register_buffer("w2_taps", _tap_layout(w2, shape.groups))
         w3, b3 = fold_conv_bn(cu.conv, cu.norm)
         self.register_buffer("w3", w3.flatten(1).t().contiguous())  # (in, out): active inputs are rows
         self.register_buffer("b3", b3)
@@ -422,7 +388,7 @@ class SparseBlock(nn.Module):
             self.register_buffer("se1_b", se.fc1.bias.detach().clone())
             self.register_buffer("se2", se.fc2.weight.detach().flatten(1).contiguous())  # (width, se)
             self.register_buffer("se2_b", se.fc2.bias.detach().clone())
-        self.program = BottleneckProgram(c, self, block)
+        self.program = BottleneckProgram(shape, self, block)
 
     @property
     def source(self) -> DynamicBottleneck:

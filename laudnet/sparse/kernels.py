@@ -412,23 +412,23 @@ class ShapeKernels(Kernels):
     # -- decisions ----------------------------------------------------------------------------------
     def compute_masks(self, role: str, program: Any, x: Shape) -> BlockMasks:
         """The maskers' cost (one composite operation each) and masks of the right sizes."""
-        c = program.c
+        block, spec = program.shape, program.shape.spec
         b, cin, h, w = x.dims
-        out_hw = conv_output_hw((h, w), 3, c.stride, 1)
+        out_hw = conv_output_hw((h, w), 3, block.stride, 1)
         cells = conv1 = conv3 = groups = channel = None
-        if c.spatial:
-            grid = (1, 1) if c.whole_block else grid_size(out_hw, c.spatial_granularity)
-            self._record("spatial_masker", role, b, cin, h, w, *grid, c.stride)
+        if spec.has_spatial:
+            grid = (1, 1) if spec.mode == "layer" else grid_size(out_hw, spec.spatial_granularity)
+            self._record("spatial_masker", role, b, cin, h, w, *grid, block.stride)
             cells = Shape((b, 1, *grid))
             if grid == (1, 1):  # one decision per sample
                 conv1 = conv3 = Shape((b, 1, 1, 1), tag="gate")
             else:
                 conv1, conv3 = Shape((b, 1, h, w), tag="conv1"), Shape((b, 1, *out_hw), tag="conv3")
-        if c.channel:
-            hidden = c.masker_sizes[0][1] if len(c.masker_sizes) == 2 else 0
-            n_groups = c.width // c.channel_granularity
-            self._record("channel_masker", role, b, cin, h, w, hidden, n_groups)
-            groups, channel = Shape((b, n_groups), tag="channels"), Shape((b, c.width))
+        if spec.has_channel:
+            sizes = block.channel_masker_sizes()
+            hidden = sizes[0][1] if len(sizes) == 2 else 0
+            self._record("channel_masker", role, b, cin, h, w, hidden, block.channel_groups)
+            groups, channel = Shape((b, block.channel_groups), tag="channels"), Shape((b, block.width))
         return BlockMasks(cells, conv1, conv3, groups, channel)
 
     @staticmethod

@@ -24,7 +24,7 @@ import numpy as np
 from ..dynamic.spec import StageSpec
 from ..models.blocks import BlockMasks
 from ..models.structure import BlockShape, ModelShape
-from .bottleneck import BottleneckConfig, BottleneckProgram, weight_shapes
+from .bottleneck import BottleneckProgram, weight_shapes
 from .executor import StemHeadProgram
 from .kernels import CONV_KINDS, OP_KINDS, EngineOp, Scenario, Shape, ShapeKernels, Traffic, conv_kind
 
@@ -121,8 +121,7 @@ def block_ops(block: BlockShape, spec: StageSpec, work: BlockWork) -> tuple[Engi
 
 @lru_cache(maxsize=1 << 14)
 def _block_ops(block: BlockShape, work: BlockWork) -> tuple[EngineOp, ...]:
-    config = BottleneckConfig.of(block)
-    program = BottleneckProgram(config, weight_shapes(config))
+    program = BottleneckProgram(block, weight_shapes(block))
     ops: list[EngineOp] = []
     for scenario, weight in _scenarios(block, work):
         kernels = ShapeKernels(scenario)

@@ -1,12 +1,17 @@
-"""Training: sparsity loss, distillation, the shared run loop, classification's train/eval loops, data and configuration."""
+"""Deprecated: classification training is :mod:`laudnet.classification`, the shared loop :mod:`laudnet.training`."""
 
-from .config import RunConfig, TrainConfig, load_config
-from .data import SyntheticShapes
-from .engine import EvalResult, Trainer, evaluate, train
-from .losses import block_bounds, distillation_loss, sparsity_loss
-from .runner import EpochTrainer
+from .._deprecation import module_getattr
 
-__all__ = [
-    "EpochTrainer", "EvalResult", "RunConfig", "SyntheticShapes", "TrainConfig", "Trainer", "block_bounds",
-    "distillation_loss", "evaluate", "load_config", "sparsity_loss", "train",
-]
+__getattr__ = module_getattr(__name__, {
+    "train": "laudnet.classification:train",
+    "Trainer": "laudnet.classification:Trainer",
+    "TrainConfig": "laudnet.classification:TrainConfig",
+    "EvalResult": "laudnet.classification:EvalResult",
+    "evaluate": "laudnet.classification:evaluate",
+    "SyntheticShapes": "laudnet.classification:SyntheticShapes",
+    "RunConfig": "laudnet.training:RunConfig",
+    "EpochTrainer": "laudnet.training:EpochTrainer",
+    "sparsity_loss": "laudnet.training:sparsity_loss",
+    "distillation_loss": "laudnet.training:distillation_loss",
+    "block_bounds": "laudnet.training:block_bounds",
+})

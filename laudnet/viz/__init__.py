@@ -1,5 +1,5 @@
 """Plots and image overlays."""
 
-from .masks import mask_overlay, save_mask_grid
+from .masks import denormalize, mask_overlay, save_checkpoint_masks, save_mask_grid
 
-__all__ = ["mask_overlay", "save_mask_grid"]
+__all__ = ["denormalize", "mask_overlay", "save_checkpoint_masks", "save_mask_grid"]

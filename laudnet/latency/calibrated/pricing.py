@@ -156,6 +156,7 @@ def analytic_seconds(hw: Hardware, operation: EngineOp) -> float:
     if kind == "channel_masker":
         b, cin, h, w, hidden, groups = d
         hb = hw.with_batch(b)
-        return op.pool(hb, cin, (h, w), (1, 1)) + op.fc(hb, cin, hidden) + op.fc(hb, hidden, 2 * groups)
+        linears = op.fc(hb, cin, hidden) + op.fc(hb, hidden, 2 * groups) if hidden else op.fc(hb, cin, 2 * groups)
+        return op.pool(hb, cin, (h, w), (1, 1)) + linears
     raise ValueError(f"unknown operation kind {kind!r}")
 

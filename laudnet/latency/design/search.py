@@ -16,7 +16,7 @@ from ...dynamic.spec import DynamicSpec, PerStage, StageSpec
 from ...errors import UsageError
 from ...models.structure import BlockShape, InputSize
 from ..interface import BlockDensity
-from ..predict import LatencyLike, ModelLike, StatsLike, block_latency, latency_model, predict, resolve_shape
+from ..prediction import LatencyLike, ModelLike, StatsLike, block_latency, latency_model, predict, resolve_shape
 
 
 @dataclass(frozen=True)

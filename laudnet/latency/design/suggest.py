@@ -4,7 +4,7 @@
 largest gate density whose whole-model latency, with the per-stage granularity that is fastest at
 that density (:func:`~laudnet.latency.search.search_granularity`), is predicted to meet the target;
 it then keeps the mode that computes the most (highest MACs ratio) within the target. The answer
-is also a training configuration (:class:`~laudnet.train.config.TrainConfig` fields) whose MACs
+is also a training configuration (:class:`~laudnet.classification.TrainConfig` fields) whose MACs
 target is that density's MACs ratio (:func:`laudnet.macs.count_macs`).
 """
 
@@ -13,16 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import yaml
 
 from ...dynamic.spec import DynamicSpec
 from ...errors import UsageError
 from ...io import PathLike, write_text
 from ...macs import count_macs
-from ...models.registry import create_model
+from ...models.registry import create_meta_model
 from ...models.structure import parse_input_size
-from ..predict import LatencyLike, latency_model, predict
+from ..device.measure import EngineConfig, measure_engines, measuring
+from ..device.validate import ModelComparison, compare
+from ..prediction import LatencyLike, latency_model, predict
 from .search import search_granularity
 
 SUGGEST_MODES: tuple[str, ...] = ("spatial", "channel", "layer", "both")
@@ -111,11 +112,7 @@ def _best_setting(model: str, hw, mode: str, target_ms: float, batch: int, size:
             spec = DynamicSpec.build("layer")
         else:
             spec = search_granularity(model, hw, mode, density, batch=batch, input_size=size).spec
-        report = predict(
-            model, hw, mode=list(spec.modes), density=density,
-            spatial_granularity=[s.spatial_granularity for s in spec.stages],
-            channel_granularity=[s.channel_granularity for s in spec.stages], batch=batch, input_size=size,
-        )
+        report = predict(model, hw, **spec.to_dict(), density=density, batch=batch, input_size=size)
         feasible = report.model_ms <= target_ms
         return ModeOption(mode, feasible, density, spec, report.model_ms, _macs_ratio(model, spec, density, size))
 
@@ -135,11 +132,7 @@ def _best_setting(model: str, hw, mode: str, target_ms: float, batch: int, size:
 
 def _macs_ratio(model: str, spec: DynamicSpec, density: float, size: int) -> float:
     """The model's MACs ratio with every gate at ``density`` (what a training target means)."""
-    with torch.device("meta"):
-        instance = create_model(
-            model, mode=list(spec.modes), spatial_granularity=[s.spatial_granularity for s in spec.stages],
-            channel_granularity=[s.channel_granularity for s in spec.stages],
-        )
+    instance = create_meta_model(model, **spec.to_dict())
     return count_macs(instance, size, density=density).macs_ratio
 
 
@@ -154,3 +147,18 @@ def write_config(suggestion: Suggestion, path: PathLike) -> None:
         "# Train with: laudnet train --config THIS_FILE --data /data/imagenet   (other fields: the recipe defaults)\n"
     )
     write_text(path, header + yaml.safe_dump(suggestion.train_config(), sort_keys=False))
+
+
+def measure_suggestion(suggestion: Suggestion, hardware: LatencyLike, repeats: int = 30) -> ModelComparison:
+    """Time the suggestion with the sparse engine on this device, at the profile's thread count, with the
+    profile's prediction for the masks that actually ran."""
+    hw = latency_model(hardware).hardware
+    if hw.engine is None:
+        raise UsageError(f"measuring a suggestion needs a calibrated profile (laudnet latency calibrate); "
+                         f"{hw.name} is not one")
+    choice = suggestion.choice
+    config = EngineConfig(suggestion.model, (suggestion.input_size, suggestion.input_size), choice.spec,
+                          choice.density, suggestion.batch)
+    with measuring(hw.engine.threads):
+        (measurement,) = measure_engines([config], repeats=repeats, device=hw.engine.device)
+    return compare(hw, measurement)[1]

@@ -8,7 +8,7 @@
    several densities and granularities, channel-sliced weights, gathers, scatter-adds, maskers,
    pooling, element-wise passes. Each timed call starts with its input in cache and its weights and
    output buffer out of it, as in a forward pass (:func:`time_operators`); calls are timed in
-   interleaved rounds and the fastest kept (:func:`~laudnet.latency.measure.fastest`).
+   interleaved rounds and the fastest kept (:func:`laudnet.timing.fastest`).
 2. **Blocks where they run**: the fitting configurations, whole models timed block by block
    (:mod:`.measure`), for what no single operator shows: the Python cost of a block and of a
    model call, and caches as a real forward pass leaves them.
@@ -36,19 +36,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.optimize import least_squares, nnls
 
 from ...dynamic.spec import StageSpec
 from ...errors import UsageError
 from ...models.resnet import LaudBottleneck
 from ...models.structure import BlockShape, model_shape
-from ...sparse.benchmark import time_call_ms
+from ...sparse.kernels import TorchKernels
 from ...sparse.plan import CONV_KINDS, EngineOp, block_ops, expected_work, head_ops, stem_ops
 from ..calibrated import pricing
 from ..costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
 from ..hardware import Hardware
-from .measure import EngineConfig, EngineMeasurement, fastest, measure_engines, reference_ms
+from ...timing import fastest, time_call_ms
+from .measure import EngineConfig, EngineMeasurement, measure_engines, measuring, reference_ms
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,8 @@ def _size(op: EngineOp) -> float:
 
 def make_runner(op: EngineOp, block: BlockShape | None, spec: StageSpec | None, device: str,
                 generator: torch.Generator) -> _Runner:
-    """A micro-benchmark running ``op`` with the engine's own torch calls on random data."""
+    """A micro-benchmark running ``op`` with the engine's own kernels (:class:`TorchKernels`) on random data."""
+    k = TorchKernels
 
     def randn(*shape, channels_last: bool = False) -> torch.Tensor:
         t = torch.randn(*shape, generator=generator).to(device)
@@ -180,38 +181,39 @@ def make_runner(op: EngineOp, block: BlockShape | None, spec: StageSpec | None, 
 
     kind, d = op.kind, op.dims
     if kind == "matmul":
-        m, k, n = d
-        a, w, bias = randn(m, k), randn(k, n), randn(n)
-        return _Runner(op, lambda: torch.addmm(bias, a, w), (a,))
+        m, n_in, n = d
+        a, w, bias = randn(m, n_in), randn(n_in, n), randn(n)
+        return _Runner(op, lambda: k.addmm(op.role, bias, a, w), (a,))
     if kind == "grouped_matmul":
-        g, m, k, n = d
-        a, w, bias = randn(g, m, k), randn(g, k, n), randn(g, 1, n)
-        return _Runner(op, lambda: torch.baddbmm(bias, a, w), (a,))
+        g, m, n_in, n = d
+        a, w, bias = randn(g, m, n_in), randn(g, n_in, n), randn(g, 1, n)
+        return _Runner(op, lambda: k.baddbmm(op.role, bias, a, w), (a,))
     if kind in CONV_KINDS:
         b, cin, cout, h, w_, kernel, stride, groups = d
         x, bias = randn(b, cin, h, w_, channels_last=True), randn(cout)
         w = randn(cout, cin // groups, kernel, kernel, channels_last=True)
-        return _Runner(op, lambda: F.conv2d(x, w, bias, stride, kernel // 2, 1, groups), (x,))
+        return _Runner(op, lambda: k.conv2d(op.role, x, w, bias, stride, kernel // 2, groups), (x,))
     if kind in ("gather", "slice"):  # a parameter (slice) is cold, an activation (gather) was just written
         count, width = d
         src, index = randn(max(2 * count, 1), width), rows(max(2 * count, 1), count)
-        return _Runner(op, lambda: src.index_select(0, index), (index, src) if kind == "gather" else (index,))
+        return _Runner(op, lambda: k.index_select(op.role, src, 0, index), (index, src) if kind == "gather" else (index,))
     if kind == "scatter":
         count, width = d
         dst, values, index = randn(max(2 * count, 1), width), randn(count, width), rows(max(2 * count, 1), count)
-        return _Runner(op, lambda: dst.index_add_(0, index, values), (dst, values, index))
+        return _Runner(op, lambda: k.index_add_(op.role, dst, index, values), (dst, values, index))
     if kind == "elementwise":
         x = randn(max(d[0], 1))
-        return _Runner(op, lambda: x.relu_(), (x,))
+        return _Runner(op, lambda: k.relu_(op.role, x), (x,))
     if kind == "reduce":
         n_in, n_out = d
         x = randn(1, n_in // n_out, n_out)
-        return _Runner(op, lambda: x.mean(dim=1), (x,))
+        return _Runner(op, lambda: k.mean(op.role, x, 1), (x,))
     if kind == "max_pool":
         x = randn(*d, channels_last=True)
-        return _Runner(op, lambda: F.max_pool2d(x, 3, 2, 1), (x,))
+        return _Runner(op, lambda: k.max_pool2d(op.role, x), (x,))
     if kind in ("spatial_masker", "channel_masker"):
-        module = LaudBottleneck(block.in_channels, block.width, block.stride, False, name="bench", stage=0, spec=spec)
+        module = LaudBottleneck(block.in_channels, block.width, block.stride, False, name="bench", stage=0, spec=spec,
+                                masker_layers=block.masker_layers, masker_reduction=block.masker_reduction)
         module = module.to(device).eval()
         if kind == "spatial_masker":
             module.masker_channel = None
@@ -219,7 +221,7 @@ def make_runner(op: EngineOp, block: BlockShape | None, spec: StageSpec | None, 
             module.masker_spatial = None
         x = randn(d[0], block.in_channels, *block.in_hw, channels_last=True)
         return _Runner(op, lambda: module.compute_masks(x), (x,))
-    raise UsageError(f"unknown operation kind {kind!r}")
+    raise ValueError(f"unknown operation kind {kind!r}")
 
 
 def flush_buffer(device: str) -> torch.Tensor:
@@ -381,15 +383,12 @@ def calibrate(
     if budget_s <= 0:
         raise UsageError(f"budget must be positive, got {budget_s} s")
     threads = threads or torch.get_num_threads()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    load_before = os.getloadavg()
     started = time.perf_counter()
 
     def stage(label: str) -> Callable[[int, int], None] | None:
         return None if progress is None else lambda done, total: progress(label, done, total)
 
-    try:
+    with measuring(threads) as session:
         reference = reference_ms(device)  # again at the end: a process is often slow at first
         generator = torch.Generator().manual_seed(seed)
         runners = [make_runner(op, block, spec, device, generator) for op, block, spec in operator_cases(configs, seed=seed)]
@@ -400,8 +399,6 @@ def calibrate(
         measurements = measure_engines(configs, repeats=None, budget_s=remaining, device=device, seed=seed,
                                        progress=stage("blocks"))
         reference = min(reference, reference_ms(device))
-    finally:
-        torch.set_num_threads(previous_threads)
     block_samples = tuple(s for m in measurements for s in measurement_samples(m))
     base = initial_hardware(device, threads)
     if name:
@@ -418,9 +415,9 @@ def calibrate(
         "torch": str(torch.__version__),
         "budget_s": round(budget_s, 1),
         "elapsed_s": round(time.perf_counter() - started, 1),
-        "load_before": [round(v, 2) for v in load_before],
+        "load_before": list(session.load_before),
         "reference_ms": round(reference, 3),
-        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "load_after": list(session.load_after),
         "operator_benchmarks": len(operator_samples),
         "block_measurements": len(block_samples),
         "fitted_on": [c.describe() for c in configs],

@@ -3,10 +3,10 @@
 Calibration fits the block and call overheads on these measurements, and validation compares
 predictions with them on other configurations, so both measure the same way: a LAUD model built
 with an :class:`EngineConfig`, its gates set to the configuration's density on random images
-(:func:`laudnet.sparse.calibrate_density`), converted to the engine, then timed after a warm-up.
+(:func:`laudnet.sparse.set_gate_density`), converted to the engine, then timed after a warm-up.
 Each round runs the model once with hooks that time its blocks, stem and head where they run
 (caches as in a real forward pass), and once without hooks for the whole-model time; the fastest
-round of each is kept (:func:`fastest`). The work each block did (positions, channels, whether it ran) is read
+round of each is kept (:func:`laudnet.timing.fastest`). The work each block did (positions, channels, whether it ran) is read
 from the model's own masks on the timed images.
 
 Configurations are measured one after the other, each alone in memory, as a deployed model runs:
@@ -19,9 +19,11 @@ another.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -29,14 +31,36 @@ from ...dynamic.spec import DynamicSpec
 from ...errors import UsageError
 from ...models.registry import create_model
 from ...models.structure import ModelShape, model_shape, parse_input_size
-from ...sparse import calibrate_density, convert
-from ...sparse.benchmark import time_call_ms
+from ...sparse import set_gate_density, convert
 from ...sparse.plan import BlockWork, work_of_masks
+from ...timing import fastest, time_call_ms
 from ..interface import BlockDensity
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = 8
+
+
+@dataclass
+class MeasuringSession:
+    """The thread count measurements ran at and the machine's load average before and after them."""
+
+    threads: int
+    load_before: tuple[float, ...]
+    load_after: tuple[float, ...] = ()
+
+
+@contextmanager
+def measuring(threads: int) -> Iterator[MeasuringSession]:
+    """Run torch at ``threads`` threads inside, restoring the count after; record the load around it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    session = MeasuringSession(threads, tuple(round(v, 2) for v in os.getloadavg()))
+    try:
+        yield session
+    finally:
+        torch.set_num_threads(previous)
+        session.load_after = tuple(round(v, 2) for v in os.getloadavg())
 
 
 @dataclass(frozen=True)
@@ -139,15 +163,12 @@ def _build(config: EngineConfig, device: str, seed: int) -> _Timed:
     """The configuration's model with its gates at the density, its engine, images and block work."""
     spec = config.spec
     torch.manual_seed(seed)  # the same weights, hence the same masks, on every run
-    model = create_model(
-        config.model, mode=list(spec.modes), spatial_granularity=[s.spatial_granularity for s in spec.stages],
-        channel_granularity=[s.channel_granularity for s in spec.stages],
-    ).to(device).eval()
+    model = create_model(config.model, **spec.to_dict()).to(device).eval()
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(max(CALIBRATION_IMAGES, config.batch), 3, *config.input_size, generator=generator)
     images = images.to(device)
     if not spec.is_static:
-        calibrate_density(model, config.density, images, seed=seed)
+        set_gate_density(model, config.density, images, seed=seed)
     shape = model_shape(model, config.input_size)
     timed_images = images[: config.batch].contiguous()
     works = _block_work(model, shape, timed_images)
@@ -230,16 +251,6 @@ def fastest_of(passes: Sequence[EngineMeasurement]) -> EngineMeasurement:
         first, model_ms=fastest([m.model_ms for m in passes]), stem_ms=fastest([m.stem_ms for m in passes]),
         head_ms=fastest([m.head_ms for m in passes]), blocks=blocks, repeats=sum(m.repeats for m in passes),
     )
-
-
-def fastest(values: Sequence[float]) -> float:
-    """The time the device needs when nothing interferes: the minimum over rounds.
-
-    Interference only adds time. On the 2-core VM laudnet is developed on, consecutive forward
-    passes of one model vary by ±15% in phases lasting several calls, so medians of separate runs
-    differed by up to 25% while their minima agreed within a few percent.
-    """
-    return min(values)
 
 
 def density_of(block, work: BlockWork) -> BlockDensity:

@@ -23,16 +23,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from ...errors import UsageError
 from ...io import atomic_open, write_text
 from ...reporting import dumps
 from ..hardware import Hardware, HardwareLike, get_hardware, load_record
-from ..predict import predict
+from ..prediction import predict
 from ..summary import RunSummary
-from .measure import EngineConfig, EngineMeasurement, fastest_of, measure_engines, reference_ms
+from .measure import EngineConfig, EngineMeasurement, fastest_of, measure_engines, measuring, reference_ms
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +143,13 @@ def validate(
     if not hw.calibrated:
         raise UsageError(
             f"hardware {hw.name} is not a calibrated profile (it has no engine costs): run "
-            "`laudnet calibrate -o my-device.yaml` and validate that file"
+            "`laudnet latency calibrate -o my-device.yaml` and validate that file"
         )
     record = load_record(hardware) if not isinstance(hardware, Hardware) else {}
     fitted_on = tuple(record.get("fitted_on", ()))
     configs = held_out(configs, fitted_on)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(hw.engine.threads)
-    load_before = os.getloadavg()
     passes = []
-    try:
+    with measuring(hw.engine.threads) as session:
         reference = reference_ms(hw.engine.device)  # again at the end: a process is often slow at first
         for index in range(PASSES):
             done = index * len(configs)
@@ -162,9 +158,6 @@ def validate(
                 seed=seed, progress=None if progress is None else lambda i, n, done=done: progress(done + i, PASSES * n),
             ))
         reference = min(reference, reference_ms(hw.engine.device))
-    finally:
-        torch.set_num_threads(previous)
-    load_after = os.getloadavg()
     measurements = [fastest_of(same) for same in zip(*passes)]
     repeat = np.array([
         a.ms / b.ms - 1 for first, second in zip(passes[0], passes[1]) for a, b in zip(first.blocks, second.blocks)
@@ -182,8 +175,8 @@ def validate(
         device=hw.engine.device,
         threads=hw.engine.threads,
         repeats=min(m.repeats for m in measurements),
-        load_before=tuple(round(v, 2) for v in load_before),
-        load_after=tuple(round(v, 2) for v in load_after),
+        load_before=session.load_before,
+        load_after=session.load_after,
         fitted_on=fitted_on,
         blocks=tuple(blocks),
         models=tuple(models),

@@ -1,4 +1,4 @@
-"""``laudnet bench-sparse``: latency of the sparse engine beside the masked and the static model."""
+"""``laudnet sparse bench``: the sparse engine's latency beside the masked and the static model."""
 
 from __future__ import annotations
 
@@ -7,61 +7,60 @@ import argparse
 import torch
 
 from ..models import create_model, model_from_checkpoint
-from ..models.commands import add_spec_arguments, spec_kwargs
 from ..models.structure import parse_input_size
 from ..reporting import dumps, format_table, to_jsonable
-from .benchmark import compare_latency
-from .calibration import calibrate_density
-from ..errors import UsageError
+from ..sparse import compare_latency, set_gate_density
+from .common import CommandError, add_spec_arguments, check_device, positive_int, set_threads, spec_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "bench-sparse", help="latency of the sparse engine vs the masked model and the static network",
+    group = subparsers.add_parser("sparse", help="the sparse inference engine: benchmarks")
+    commands = group.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    p = commands.add_parser(
+        "bench", help="latency of the sparse engine vs the masked model and the static network",
         description="Time the sparse engine, the masked model and the static torchvision network side by side "
-                    "(interleaved rounds, medians) on random images, with the MACs ratio the masks realise.",
+                    "(sequential blocks, fastest call) on random images, with the MACs ratio the masks realise.",
     )
-    p.add_argument("model", nargs="?", help="model name (see `laudnet models`); or give --checkpoint")
+    p.add_argument("model", nargs="?", help="model name (see `laudnet model list`); or give --checkpoint")
     p.add_argument("--checkpoint", default=None, help="a laudnet checkpoint; its trained maskers decide unless --density")
     add_spec_arguments(p, default_mode=None)
     p.add_argument("--density", type=float, default=None,
                    help="set every masker to this density on the random images (default: the model's own gates)")
-    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1, help="images per call (default 1)")
     p.add_argument("--input", default="224", help="input size: 224 or HxW such as 427x640")
-    p.add_argument("--calibration-images", type=int, default=8, help="random images --density is set on")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls of each candidate first")
-    p.add_argument("--repeats", type=int, default=10, help="timed rounds; medians are reported")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--calibration-images", type=positive_int, default=8, help="random images --density is set on")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each candidate before each block")
+    p.add_argument("--calls", type=positive_int, default=5, help="timed calls per block")
+    p.add_argument("--blocks", type=positive_int, default=3, help="blocks of each candidate; the fastest call counts")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the random images")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_bench_sparse)
+    p.set_defaults(func=bench_command)
 
 
 def _build(args: argparse.Namespace) -> torch.nn.Module:
     if (args.model is None) == (args.checkpoint is None):
-        raise UsageError("give either a model name or --checkpoint (not both)")
+        raise CommandError("give either a model name or --checkpoint (not both)")
     if args.checkpoint is not None:
         if args.mode is not None:
-            raise UsageError("--mode/-S/-G build a new model; a --checkpoint brings its own dynamic spec")
+            raise CommandError("--mode/-S/-G build a new model; a --checkpoint brings its own dynamic spec")
         return model_from_checkpoint(args.checkpoint)
     if args.mode is None:
-        raise UsageError("--mode is required with a model name: spatial, channel, layer, both or static (or one per stage)")
+        raise CommandError("--mode is required with a model name: spatial, channel, layer, both or static (or one per stage)")
     return create_model(args.model, **spec_kwargs(args))
 
 
-def _cmd_bench_sparse(args: argparse.Namespace) -> int:
-    if args.batch < 1 or args.calibration_images < 1:
-        raise UsageError(f"--batch and --calibration-images must be >= 1, got {args.batch} and {args.calibration_images}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    model = _build(args).to(args.device).eval()
+def bench_command(args: argparse.Namespace) -> int:
+    device = check_device(args.device)
+    threads = set_threads(args.threads)
+    model = _build(args).to(device).eval()
     h, w = parse_input_size(args.input)
     generator = torch.Generator().manual_seed(args.seed)
-    images = torch.randn(max(args.batch, args.calibration_images), 3, h, w, generator=generator).to(args.device)
+    images = torch.randn(max(args.batch, args.calibration_images), 3, h, w, generator=generator).to(device)
     if args.density is not None:
-        calibrate_density(model, args.density, images)
-    result = compare_latency(model, images[: args.batch], warmup=args.warmup, repeats=args.repeats)
+        set_gate_density(model, args.density, images)
+    result = compare_latency(model, images[: args.batch], warmup=args.warmup, calls=args.calls, blocks=args.blocks)
     spec = model.dynamic_spec.describe()
     if args.json:
         print(dumps({"model": model.name, "spec": spec, "density": args.density, **to_jsonable(result),
@@ -69,7 +68,7 @@ def _cmd_bench_sparse(args: argparse.Namespace) -> int:
         return 0
     density = "the model's own gates" if args.density is None else f"density {args.density:g}"
     print(f"{model.name}  {spec}  input {h}x{w}  batch {args.batch}  {density}  "
-          f"{result.threads} threads, median of {result.repeats} rounds")
+          f"{threads} threads, fastest of {result.blocks} blocks of {result.calls} calls")
     rows = [
         ["sparse engine", result.engine_ms, result.engine_ms / result.static_ms],
         ["masked model", result.masked_ms, result.masked_ms / result.static_ms],

@@ -1,7 +1,8 @@
 """Image classification: from a static network to a dynamic one at a MACs target.
 
 One :class:`Trainer` runs on a CPU, a GPU, or many processes under ``torchrun`` (DDP); the
-epoch loop, checkpoints, resumption and records are :class:`~.runner.EpochTrainer`'s.
+epoch loop, checkpoints, resumption and records are
+:class:`~laudnet.training.loop.EpochTrainer`'s.
 Each epoch ends with an evaluation, a per-stage density table in the log, an atomic
 ``last.pth`` (and ``best.pth``), safetensors exports of the weights, and a CSV /
 TensorBoard record. The run ends with ``summary.json``, which the latency predictor reads.
@@ -11,93 +12,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..dynamic.stats import DensityMeter
 from ..models import DynamicBackbone, checkpoint_metadata, create_model, load_state_dict, model_from_checkpoint
 from ..reporting import format_table
+from ..training.distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
+from ..training.loop import CHECKPOINT_LAST, SUMMARY, EpochTrainer, build_loaders
+from ..training.losses import distillation_loss
+from ..training.optim import ParamGroup
+from ..training.tables import STAGE_HEADERS, stage_rows, stage_summary
 from .config import TrainConfig
 from .data import build_datasets
-from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from .losses import distillation_loss
-from .optim import ParamGroup
-from .runner import CHECKPOINT_LAST, SUMMARY, EpochTrainer, autocast, build_loaders
+from .evaluation import EvalResult, evaluate
 
 log = logging.getLogger(__name__)
-
-
-# -- evaluation -----------------------------------------------------------------------------
-
-@dataclass
-class EvalResult:
-    """Accuracy and what the model computed on a data set (batch statistics averaged per image)."""
-
-    top1: float
-    top5: float
-    loss: float
-    macs_ratio: float
-    count: int
-    blocks: list[dict] = field(default_factory=list)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, env: DistEnv, amp: str = "none",
-             channels_last: bool = False, progress: bool = False) -> EvalResult:
-    """Top-1/top-5 accuracy, loss, MACs ratio and per-block densities, reduced over processes."""
-    model.eval()
-    meter = DensityMeter()
-    sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss, count
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for images, targets in tqdm(loader, desc="eval", leave=False, disable=not (progress and env.is_main)):
-        images = images.to(env.device, non_blocking=True, memory_format=memory_format)
-        targets = targets.to(env.device, non_blocking=True)
-        with autocast(env.device, amp):
-            out = model(images, return_stats=True)
-        logits = out.logits.float()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5 == targets[:, None]
-        sums += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=1).sum().item(),
-                              F.cross_entropy(logits, targets, reduction="sum").item(), len(targets)],
-                             dtype=torch.float64)
-        meter.update(out.stats)
-    sums = all_reduce_sum(sums, env)
-    meter.load_totals(all_reduce_sum(meter.totals(), env))
-    count = max(int(sums[3]), 1)
-    return EvalResult(top1=float(sums[0]) / count, top5=float(sums[1]) / count, loss=float(sums[2]) / count,
-                      macs_ratio=meter.macs_ratio, count=int(sums[3]), blocks=meter.block_summary())
-
-
-def stage_rows(blocks: list[dict]) -> list[list]:
-    """Per-stage means of block densities and MACs ratios, for the table printed after evaluation."""
-    rows = []
-    for stage in sorted({b["stage"] for b in blocks}):
-        members = [b for b in blocks if b["stage"] == stage]
-        mean = lambda key: sum(b[key] for b in members) / len(members)  # noqa: E731
-        rows.append([f"stage {stage + 1}", len(members), mean("conv1_density"), mean("conv2_density"),
-                     mean("conv3_density"), mean("channel_density"), mean("macs_ratio")])
-    return rows
-
-
-STAGE_HEADERS = ["", "blocks", "conv1", "conv2", "conv3", "channels", "MACs ratio"]
-
-
-def stage_summary(blocks: list[dict]) -> list[dict]:
-    """:func:`stage_rows` as records (``stage`` from 0), as ``summary.json`` stores them."""
-    keys = ["stage", "blocks", "conv1_density", "conv2_density", "conv3_density", "channel_density", "macs_ratio"]
-    return [dict(zip(keys, [i, *row[1:]])) for i, row in enumerate(stage_rows(blocks))]
-
-
-def summary_stage_rows(stages: list[dict]) -> list[list]:
-    """The rows of :data:`STAGE_HEADERS` from :func:`stage_summary`'s records (a run's ``summary.json``)."""
-    return [[f"stage {s['stage'] + 1}", s["blocks"], s["conv1_density"], s["conv2_density"], s["conv3_density"],
-             s["channel_density"], s["macs_ratio"]] for s in stages]
 
 
 # -- model, teacher, optimisation ----------------------------------------------------------

@@ -1,13 +1,14 @@
 """Detection training: torchvision's detector losses + λ · the LAUD backbone's sparsity loss.
 
 The epoch loop, checkpoints, exact resumption, records and ``summary.json`` are the shared
-:class:`~laudnet.train.runner.EpochTrainer`'s; this module builds the detector and the COCO
+:class:`~laudnet.training.loop.EpochTrainer`'s; this module builds the detector and the COCO
 data, trains one epoch and evaluates COCO mAP. ``best.pth`` is the epoch with the best
 bbox mAP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,10 +20,10 @@ from tqdm import tqdm
 from ..io import PathLike, load_checkpoint
 from ..models.weights import extract_state_dict, load_state_dict
 from ..reporting import format_table
-from ..train.distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
-from ..train.engine import STAGE_HEADERS, stage_rows, stage_summary
-from ..train.optim import ParamGroup
-from ..train.runner import EpochTrainer, build_loaders
+from ..training.distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
+from ..training.tables import STAGE_HEADERS, stage_rows, stage_summary
+from ..training.optim import ParamGroup
+from ..training.loop import EpochTrainer, ShardSampler, build_loaders, make_loader
 from .config import DetectionConfig
 from .data import CocoDetection, DetectionDataset, SyntheticCocoShapes, collate
 from .evaluation import DetectionEvalResult, evaluate_detector
@@ -84,6 +85,27 @@ def detector_from_checkpoint(checkpoint: PathLike | dict, map_location: str | to
     model = build_detector(config["name"], **config.get("kwargs", {}))
     load_state_dict(model, extract_state_dict(checkpoint), source)
     return model
+
+
+def evaluate_checkpoint(
+    path: PathLike, *, data: str | None = None, annotations: str | None = None, images: str | None = None,
+    batch_size: int | None = None, device: str = "auto", workers: int = 2, progress: bool = False,
+) -> DetectionEvalResult:
+    """COCO metrics of a detection checkpoint on its run's validation data (or ``data`` with
+    ``annotations`` and ``images``), on one or many processes."""
+    checkpoint = load_checkpoint(path)
+    config = DetectionConfig.from_checkpoint(checkpoint, data=data, batch_size=batch_size,
+                                             val_annotations=annotations, val_images=images)
+    model = detector_from_checkpoint(checkpoint, source=str(path))
+    env = init_distributed(device)
+    try:
+        val = detection_split(config, "val")
+        loader = make_loader(val, max(config.batch_size // env.world_size, 1), ShardSampler(len(val), env), workers,
+                             env.device, drop_last=False, collate_fn=collate)
+        result = evaluate_detector(model.to(env.device), loader, val.coco(), val.category_ids, env, progress=progress)
+    finally:
+        shutdown(env)
+    return dataclasses.replace(result, target=config.target)
 
 
 def param_groups(config: DetectionConfig, model: nn.Module) -> list[ParamGroup]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
 from ..errors import UsageError
 
 
@@ -29,14 +30,16 @@ class DistEnv:
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` means this process's local GPU."""
+    """``auto`` picks CUDA when available; ``cuda`` means this process's local GPU; ``cuda:N``, ``cpu``."""
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError("device 'cuda' was requested but no CUDA device is available; use --device cpu")
-        return torch.device(preference if ":" in preference else f"cuda:{local_rank}")
-    return torch.device("cpu")
+    if preference == "cpu":
+        return torch.device("cpu")
+    if preference != "cuda" and not (preference.startswith("cuda:") and preference[5:].isdigit()):
+        raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {preference!r}")
+    if not torch.cuda.is_available():
+        raise UsageError(f"device {preference!r} was requested but no CUDA device is available; use --device cpu")
+    return torch.device(preference if ":" in preference else f"cuda:{local_rank}")
 
 
 def init_distributed(device_preference: str = "auto") -> DistEnv:

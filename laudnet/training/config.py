@@ -3,9 +3,11 @@
 Every field is also an option of the task's ``train`` command (``--batch-size 64``,
 ``--mode 'spatial-spatial-channel-static'``), so there is one list of settings, with its
 defaults and its checks, per task. :class:`RunConfig` holds what every task shares
-(backbone, optimisation, the dynamic objective, system); :class:`TrainConfig` is image
-classification's, ``laudnet.detection.DetectionConfig`` detection's. Reading files (with
-``base:`` includes), checking types and the command-line options work for any of them.
+(backbone, optimisation, the dynamic objective, system);
+``laudnet.classification.TrainConfig`` is image classification's,
+``laudnet.detection.DetectionConfig`` detection's. Reading files (with ``base:`` includes),
+checking types and the command-line options work for any of them
+(``TrainConfig.load(path, overrides)``, ``.from_dict``, ``.from_checkpoint``).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import yaml
 
 from ..dynamic.gates import TEMPERATURE_SCHEDULES
 from ..io import PathLike, write_text
-from ..errors import UsageError
+from ..errors import MissingFileError, UsageError
 
 PerStage = Union[str, int, list]
 
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "step")
+
+
+C = TypeVar("C", bound="RunConfig")
 
 
 @dataclass
@@ -107,39 +112,37 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls: type[C], values: dict[str, Any]) -> C:
+        """A validated config; unknown keys are an error listing the known ones."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise UsageError(f"unknown config keys {', '.join(unknown)}; known keys: {', '.join(sorted(fields))}")
+        return cls(**{k: _coerce(fields[k], v) for k, v in values.items()}).validate()
+
+    @classmethod
+    def from_checkpoint(cls: type[C], checkpoint: dict[str, Any], **overrides: Any) -> C:
+        """The config stored in a laudnet checkpoint, with ``overrides`` (``None`` values ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in (checkpoint.get("config") or {}).items() if k in known}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    @classmethod
+    def load(cls: type[C], path: PathLike | None, overrides: dict[str, Any] | None = None) -> C:
+        """Read a YAML config (or start from the defaults) and apply ``overrides``.
+
+        A config may name another with ``base: other.yaml`` (relative to itself): its settings
+        are read first and this file's override them, so recipes share one base.
+        """
+        values = _read_yaml(Path(path)) if path is not None else {}
+        values.update(overrides or {})
+        return cls.from_dict(values)
+
     def save(self, path: PathLike) -> None:
         """Write the effective configuration as YAML (atomically)."""
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-@dataclass
-class TrainConfig(RunConfig):
-    """Image classification: the run settings plus its data, static pre-training and distillation."""
-
-    teacher: str = "initial"
-    pretrain_epochs: int = 0
-    image_size: int = 224
-    synthetic_classes: int = 6
-    synthetic_object_size: int = 14
-    label_smoothing: float = 0.0
-    alpha_distill: float = 0.5
-    distill_temperature: float = 4.0
-    channels_last: bool = False
-
-    def validate(self) -> "TrainConfig":
-        super().validate()
-        check_positive_ints(self, "image_size")
-        check_non_negative_ints(self, "pretrain_epochs")
-        if float(self.distill_temperature) <= 0:
-            raise UsageError(f"distill_temperature must be positive, got {self.distill_temperature}")
-        if float(self.alpha_distill) < 0:
-            raise UsageError(f"alpha_distill must be zero or positive, got {self.alpha_distill}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        return self
-
-
-C = TypeVar("C", bound=RunConfig)
 
 
 def check_positive_ints(config: RunConfig, *names: str) -> None:
@@ -184,37 +187,9 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def config_from_dict(values: dict[str, Any], cls: type[C] = TrainConfig) -> C:
-    """Build a validated ``cls`` config; unknown keys are an error listing the known ones."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise UsageError(f"unknown config keys {', '.join(unknown)}; known keys: {', '.join(sorted(fields))}")
-    return cls(**{k: _coerce(fields[k], v) for k, v in values.items()}).validate()
-
-
-def config_from_checkpoint(checkpoint: dict[str, Any], cls: type[C] = TrainConfig, **overrides: Any) -> C:
-    """The training config stored in a laudnet checkpoint, with ``overrides`` (``None`` values ignored)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in (checkpoint.get("config") or {}).items() if k in known}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_dict(values, cls)
-
-
-def load_config(path: PathLike | None, overrides: dict[str, Any] | None = None, cls: type[C] = TrainConfig) -> C:
-    """Read a YAML config (or start from the defaults) and apply ``overrides``.
-
-    A config may name another with ``base: other.yaml`` (relative to itself): its settings
-    are read first and this file's override them, so recipes share one base.
-    """
-    values = _read_yaml(Path(path)) if path is not None else {}
-    values.update(overrides or {})
-    return config_from_dict(values, cls)
-
-
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise MissingFileError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise UsageError(f"config file {path} includes itself through 'base'")
     try:
@@ -231,7 +206,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return {**_read_yaml(path.parent / base, seen + (path.resolve(),)), **loaded}
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig] = TrainConfig) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
     """One ``--option`` per config field; values are parsed as YAML (``--model-kwargs '{layers: [1,1,1,1]}'``)."""
     group = parser.add_argument_group("config overrides (each config field; YAML values)")
     for f in dataclasses.fields(cls):

@@ -1,0 +1,35 @@
+"""Image classification's training configuration (the official ImageNet recipe's defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from ..training.config import RunConfig, check_non_negative_ints, check_positive_ints
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Image classification: the run settings plus its data, static pre-training and distillation."""
+
+    teacher: str = "initial"
+    pretrain_epochs: int = 0
+    image_size: int = 224
+    synthetic_classes: int = 6
+    synthetic_object_size: int = 14
+    label_smoothing: float = 0.0
+    alpha_distill: float = 0.5
+    distill_temperature: float = 4.0
+    channels_last: bool = False
+
+    def validate(self) -> "TrainConfig":
+        super().validate()
+        check_positive_ints(self, "image_size")
+        check_non_negative_ints(self, "pretrain_epochs")
+        if float(self.distill_temperature) <= 0:
+            raise UsageError(f"distill_temperature must be positive, got {self.distill_temperature}")
+        if float(self.alpha_distill) < 0:
+            raise UsageError(f"alpha_distill must be zero or positive, got {self.alpha_distill}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        return self
