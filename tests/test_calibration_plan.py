@@ -78,7 +78,7 @@ class _Recorder(TorchDispatchMode):
 
 def _trace_blocks(model, images):
     """Per block: (shape, masks, recorded ops), running the engine block by block."""
-    engine = convert(model)
+    engine = convert(model, backend="torch")
     shape = model_shape(model, tuple(images.shape[-2:]))
     engine(images)  # warm caches (gather tables)
     results = []
@@ -161,7 +161,7 @@ def test_stem_and_head_plans():
     model = randomize_(create_model("laud_resnet50", mode="static", width_multiplier=0.25)).eval()
     shape = model_shape(model, (61, 83))
     recorder = _Recorder()
-    engine, images = convert(model), torch.randn(1, 3, 61, 83)
+    engine, images = convert(model, backend="torch"), torch.randn(1, 3, 61, 83)
     with recorder:
         engine(images)
     planned = [(op.kind, op.dims) for op in stem_ops(shape, 1) + head_ops(shape, 1)]

@@ -70,7 +70,7 @@ def _masks_differ_across_samples(stats) -> bool:
 @pytest.mark.parametrize("name, mode, kwargs", CASES, ids=[f"{n}-{m}-{'-'.join(map(str, k.values()))}" for n, m, k in CASES])
 def test_engine_equals_masked_model_and_executes_the_dynamic_macs(name, mode, kwargs):
     model = _build(name, mode, **kwargs)
-    engine = convert(model)  # shares the maskers: calibrating the model below steers the engine too
+    engine = convert(model, backend="torch")  # shares the maskers: calibrating the model below steers the engine too
     x = torch.randn(4, 3, *ODD_SIZE)
     # All-off and all-on take the simplest paths; once per model and mode is enough.
     densities = DENSITIES if FIRST_OF_MODE[(name, mode)] is kwargs else (0.3, 0.7)
@@ -91,7 +91,7 @@ def test_engine_equals_masked_model_and_executes_the_dynamic_macs(name, mode, kw
 @pytest.mark.parametrize("name, mode", list(FIRST_OF_MODE))
 def test_engine_at_224(name, mode):
     model = _build(name, mode, seed=1, **FIRST_OF_MODE[(name, mode)])
-    engine = convert(model)
+    engine = convert(model, backend="torch")
     x = torch.randn(4, 3, 224, 224)
     set_gate_density(model, 0.5, x)  # on 4 images, so that whole-block gates can reach 0.5 too
     batch = 4 if (name, mode) == ("laud_resnet50", "both") else 1  # one mixed batch at 224² keeps the suite fast
@@ -104,7 +104,7 @@ def test_engine_at_224(name, mode):
 def test_channels_all_off_leave_conv3_bias():
     """With every channel skipped the branch is conv3 of zeros: its folded BN shift, added where computed."""
     model = _build("laud_resnet50", "both", spatial_granularity=2, width_multiplier=0.25)
-    engine = convert(model)
+    engine = convert(model, backend="torch")
     x = torch.randn(2, 3, 64, 48)
     set_gate_density(model, 0.5, x)
     for _, block in model.named_dynamic_blocks():
@@ -121,15 +121,15 @@ def test_channels_all_off_leave_conv3_bias():
 def test_before_bn_channel_masks_are_rejected():
     model = create_model("laud_resnet50", mode="channel", width_multiplier=0.25, channel_mask_placement="before_bn")
     with pytest.raises(ValueError, match="before_bn.*accepts 'after_act'"):
-        convert(model)
+        convert(model, backend="torch")
     # Without channel masks the placement changes nothing, so such a model converts.
     spatial = _build("laud_resnet50", "spatial", width_multiplier=0.25, channel_mask_placement="before_bn")
-    _check(spatial, convert(spatial), torch.randn(1, 3, 40, 56))
+    _check(spatial, convert(spatial, backend="torch"), torch.randn(1, 3, 40, 56))
 
 
 def test_engine_is_inference_only():
     model = create_model("laud_resnet50", mode="layer", width_multiplier=0.25)
-    engine = convert(model)
+    engine = convert(model, backend="torch")
     with pytest.raises(ValueError, match="inference-only"):
         engine.train()
     model.train()
@@ -139,7 +139,7 @@ def test_engine_is_inference_only():
 
 def test_static_models_and_unknown_models():
     model = _build("laud_regnet_y_400mf", "static")
-    _check(model, convert(model), torch.randn(2, 3, 64, 80))
+    _check(model, convert(model, backend="torch"), torch.randn(2, 3, 64, 80))
     with pytest.raises(ValueError, match="LAUD-ResNet or LAUD-RegNetY"):
         convert(torch.nn.Linear(2, 2))
 
@@ -163,7 +163,7 @@ def test_engine_on_cuda(mode):
     model = _build("laud_regnet_y_400mf", mode, spatial_granularity=2).cuda()
     x = torch.randn(4, 3, *ODD_SIZE, device="cuda")
     set_gate_density(model, 0.5, x)
-    engine = convert(model)
+    engine = convert(model, backend="torch")
     with torch.no_grad():
         want, got = model(x), engine(x)
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4

@@ -55,7 +55,7 @@ def test_trained_checkpoint_converts_to_the_same_accuracy(trained_run):
     """The shared short `laudnet train` run (quickstart recipe, smaller): engine and masked model agree."""
     output, summary = trained_run
     model = model_from_checkpoint(output / "last.pth").eval()
-    engine = convert(model)
+    engine = convert(model, backend="torch")
     data = SyntheticShapes(size=TINY_RUN["synthetic_val_size"], num_classes=TINY_RUN["synthetic_classes"],
                            image_size=TINY_RUN["image_size"], object_size=TINY_RUN["synthetic_object_size"],
                            seed=0, split="val")

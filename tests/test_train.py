@@ -88,8 +88,8 @@ def test_eval_command_reproduces_the_summary(trained_run, capsys):
 
 DDP_VAL_SIZE = 256
 SMALL = [f"--{k.replace('_', '-')}={json.dumps(v)}" for k, v in {
-    **TINY_RUN, "pretrain_epochs": 0, "epochs": 3, "synthetic_train_size": 640, "synthetic_val_size": DDP_VAL_SIZE,
-    "batch_size": 16, "log_every": 100}.items()]
+    **TINY_RUN, "pretrain_epochs": 0, "epochs": 4, "synthetic_train_size": 640, "synthetic_val_size": DDP_VAL_SIZE,
+    "batch_size": 32, "log_every": 100}.items()]
 
 
 def _env() -> dict:
@@ -148,9 +148,11 @@ def test_ddp_with_two_processes_trains_like_one_process(tmp_path, pretrained):
     print(f"1 process: top-1 {one['top1']:.3f} MACs {one['macs_ratio']:.3f}; "
           f"2 processes: top-1 {two['top1']:.3f} MACs {two['macs_ratio']:.3f}")
     # Two ranks are not bit-identical to one process: each draws its own Gumbel noise and normalises
-    # its half batch (SyncBatchNorm needs CUDA), and three short epochs under a falling temperature
-    # leave accuracy noisy (single-process runs: 0.71-0.89). So the runs are compared as two runs of
-    # one recipe: both learn, and both meet the MACs target alike.
+    # its half batch (SyncBatchNorm needs CUDA), and short runs under a falling temperature leave
+    # accuracy noisy. With batches of 16 per rank (not 8) and four epochs, runs on two machines gave
+    # 0.88-0.94 (one process) and 0.59-0.88 (two); with 8 per rank and three epochs one seed gave
+    # 0.30 on two ranks. So the runs are compared as two runs of one recipe: both learn, and both
+    # meet the MACs target alike.
     assert min(one["top1"], two["top1"]) > 1.5 * CHANCE
     assert abs(two["macs_ratio"] - one["macs_ratio"]) <= 0.05
 

@@ -100,7 +100,7 @@ def compare_latency(
     the model's maskers). The masks are whatever the model's maskers decide on ``images``.
     """
     model.eval()
-    engine = engine if engine is not None else convert(model)
+    engine = engine if engine is not None else convert(model, backend="torch")
     static, label = static_reference(model)
     static_cl = copy.deepcopy(static).to(memory_format=torch.channels_last)
     images_cl = images.contiguous(memory_format=torch.channels_last)

@@ -369,7 +369,7 @@ class SparseBlock(nn.Module):
             # (out, in/groups, 3, 3) contiguous: an (output, input group) pair is one row of G·9 weights.
             self.register_buffer("w2_rows", w2)
         if shape.spec.has_spatial:
-            self.register_buffer("w2_taps", _tap_layout(w2, shape.groups))
+            self.register_buffer("w2_taps", tap_layout(w2, shape.groups))
         w3, b3 = fold_conv_bn(cu.conv, cu.norm)
         self.register_buffer("w3", w3.flatten(1).t().contiguous())  # (in, out): active inputs are rows
         self.register_buffer("b3", b3)
@@ -401,7 +401,7 @@ class SparseBlock(nn.Module):
         return self.program.run(k, x)
 
 
-def _tap_layout(w2: torch.Tensor, groups: int) -> torch.Tensor:
+def tap_layout(w2: torch.Tensor, groups: int) -> torch.Tensor:
     """conv2's weights as im2col matrices: ``(9, in, out)``, or ``(groups, 9·gw, gw)`` if grouped."""
     if groups == 1:
         return w2.permute(2, 3, 1, 0).reshape(9, w2.shape[1], w2.shape[0]).contiguous()

@@ -100,15 +100,37 @@ class SparseModel(nn.Module):
         return self.program.head(k, x)
 
 
-def convert(model: DynamicBackbone) -> SparseModel:
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "triton")
+
+
+def convert(model: DynamicBackbone, backend: str = "auto", threads: int | None = None) -> nn.Module:
     """Build the sparse engine of a LAUD model (trained or not); same logits as ``model.eval()``.
 
-    The model is switched to eval mode and keeps ownership of its maskers, which the engine
-    shares so that its decisions are the model's; convert again after changing weights.
-    Raises :class:`~laudnet.errors.UsageError` for a model the engine cannot run exactly (e.g.
+    ``backend``: ``torch`` (this module: any device, plain torch operations), ``onnxruntime``
+    (the graph of :mod:`.lowering` in an ONNX Runtime session on the CPU, built per input size, with
+    ``threads`` threads), ``triton`` (CUDA kernels, :mod:`.triton`) or ``auto``: ``triton`` for a
+    model on a GPU, ``onnxruntime`` on the CPU. The model is switched to eval mode and keeps
+    ownership of its maskers, which the torch and Triton engines share so that their decisions are
+    the model's; convert again after changing weights. Raises
+    :class:`~laudnet.errors.UsageError` for a model the engine cannot run exactly (e.g.
     ``channel_mask_placement="before_bn"``).
     """
     if not isinstance(model, DynamicBackbone):
         raise UsageError(f"convert: expected a LAUD-ResNet or LAUD-RegNetY model, got {type(model).__name__}")
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
     model.eval()
+    on_gpu = next(model.parameters()).is_cuda
+    if backend == "auto":
+        backend = "triton" if on_gpu else "onnxruntime"
+    if backend == "onnxruntime":
+        if on_gpu:
+            raise UsageError("the onnxruntime backend runs on the CPU; move the model to the CPU or use backend='triton'")
+        from .export import OrtEngine
+
+        return OrtEngine(model, threads=threads).eval()
+    if backend == "triton":
+        from .triton import TritonKernels
+
+        return SparseModel(model, TritonKernels()).eval()
     return SparseModel(model).eval()

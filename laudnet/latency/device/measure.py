@@ -172,7 +172,7 @@ def _build(config: EngineConfig, device: str, seed: int) -> _Timed:
     shape = model_shape(model, config.input_size)
     timed_images = images[: config.batch].contiguous()
     works = _block_work(model, shape, timed_images)
-    return _Timed(config, convert(model), timed_images, shape, works)
+    return _Timed(config, convert(model, backend="torch"), timed_images, shape, works)
 
 
 def _block_work(model: torch.nn.Module, shape: ModelShape, images: torch.Tensor) -> list[BlockWork]:

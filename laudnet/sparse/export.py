@@ -1,0 +1,144 @@
+"""A LAUD model as one ONNX file with the skipping inside, and the engine that runs it in ONNX Runtime.
+
+:func:`export_onnx` lowers the sparse engine of a model to ONNX (:mod:`.lowering`), runs the file in
+ONNX Runtime on the example input, refuses it if the logits differ from the masked model's, and
+only then writes it (atomically). :class:`OrtEngine` is the same graph in an in-memory ONNX Runtime
+session: the sparse engine's CPU backend (``convert(model, backend="onnxruntime")``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..io import PathLike, atomic_open, check_writable
+from ..models.backbone import DynamicBackbone
+from .executor import SparseModel
+from .lowering import INPUT, OUTPUT, lower
+
+log = logging.getLogger(__name__)
+
+EXPORT_TOLERANCE = 1e-4  # largest |difference| of the logits, relative to their largest magnitude
+
+
+def session_options(threads: int | None = None, profile: bool = False):
+    """ONNX Runtime settings for latency: a fixed thread pool that does not spin after a call (a spinning
+    pool slows whatever runs next on a small machine), every graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    options.enable_profiling = profile
+    return options
+
+
+def ort_session(model: onnx.ModelProto | bytes | PathLike, threads: int | None = None, profile: bool = False):
+    """An ONNX Runtime CPU session of ``model`` (see :func:`session_options`)."""
+    import onnxruntime as ort
+
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if isinstance(source, os.PathLike):
+        source = str(source)
+    return ort.InferenceSession(source, session_options(threads, profile), providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """How the exported graph's logits compare with the masked model's on the example input."""
+
+    max_abs_error: float
+    relative_error: float
+
+
+def export_model(model: DynamicBackbone, example_input: torch.Tensor, batch: int | None = None) -> onnx.ModelProto:
+    """The ONNX graph of ``model`` for inputs of ``example_input``'s size (``batch`` ``None``: any batch
+    where the model allows it, else 1)."""
+    if example_input.dim() != 4 or example_input.shape[1] != 3:
+        raise UsageError(f"example input: expected a (B, 3, H, W) batch of images, got shape {tuple(example_input.shape)}")
+    engine = SparseModel(model.eval())
+    return lower(engine, (int(example_input.shape[2]), int(example_input.shape[3])), batch)
+
+
+def check_export(graph: onnx.ModelProto, model: DynamicBackbone, example_input: torch.Tensor) -> ExportCheck:
+    """Run ``graph`` in ONNX Runtime on ``example_input`` and compare with the masked model's logits."""
+    with torch.no_grad():
+        want = model.eval()(example_input).cpu().numpy()
+    got = ort_session(graph).run([OUTPUT], {INPUT: example_input.detach().cpu().float().numpy()})[0]
+    if got.shape != want.shape:
+        raise UsageError(f"the exported graph returned logits of shape {got.shape}, the model {want.shape}")
+    error = float(np.abs(got - want).max())
+    return ExportCheck(error, error / max(float(np.abs(want).max()), 1e-12))
+
+
+def export_onnx(model: DynamicBackbone, path: PathLike, example_input: torch.Tensor,
+                batch: int | None = None) -> ExportCheck:
+    """Write ``model`` as an ONNX file whose graph decides the masks and computes only the selected work.
+
+    The file is checked in ONNX Runtime on ``example_input`` first (relative logit error at most
+    :data:`EXPORT_TOLERANCE`) and written atomically only if it passes; a path that cannot be written
+    fails before anything is built.
+    """
+    check_writable(path)
+    example_input = example_input[:1] if batch == 1 else example_input
+    graph = export_model(model, example_input, batch)
+    check = check_export(graph, model, example_input[:1] if _batch_of(graph) == 1 else example_input)
+    if not check.relative_error <= EXPORT_TOLERANCE:
+        raise UsageError(f"the exported graph's logits differ from the model's by {check.relative_error:.2e} "
+                         f"(relative; allowed {EXPORT_TOLERANCE:g}): not written")
+    with atomic_open(path, "wb") as handle:
+        handle.write(graph.SerializeToString())
+    log.info("wrote %s (relative logit error %.1e on the example)", path, check.relative_error)
+    return check
+
+
+def _batch_of(graph: onnx.ModelProto) -> int | None:
+    """The graph's fixed batch size, or ``None`` when any batch is accepted."""
+    dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else None
+
+
+class OrtEngine(nn.Module):
+    """A LAUD model's sparse engine run by ONNX Runtime on the CPU.
+
+    The maskers decide inside the graph. A graph is built (and checked against nothing: build it
+    with :func:`export_onnx` to check) for each input size and batch kind the engine meets: any
+    batch size where the model allows it, else one graph per image.
+    """
+
+    def __init__(self, model: DynamicBackbone, threads: int | None = None) -> None:
+        super().__init__()
+        self._model = (model.eval(),)  # not a submodule: the engine holds no parameters of its own
+        self.threads = threads
+        self.name = getattr(model, "name", type(model).__name__)
+        self._sessions: dict[tuple[int, int], tuple[object, int | None]] = {}
+
+    def session(self, input_hw: tuple[int, int]):
+        """The ONNX Runtime session for images of ``input_hw`` (built on first use) and its fixed batch."""
+        if input_hw not in self._sessions:
+            graph = export_model(self._model[0], torch.zeros(1, 3, *input_hw))
+            self._sessions[input_hw] = (ort_session(graph, self.threads), _batch_of(graph))
+        return self._sessions[input_hw]
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for images ``x`` of shape ``(B, 3, H, W)``."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise UsageError(f"expected a (B, 3, H, W) batch of images, got shape {tuple(x.shape)}")
+        session, batch = self.session((int(x.shape[2]), int(x.shape[3])))
+        array = x.detach().cpu().float().contiguous().numpy()
+        if batch is None:
+            return torch.from_numpy(session.run([OUTPUT], {INPUT: array})[0])
+        return torch.cat([torch.from_numpy(session.run([OUTPUT], {INPUT: array[i:i + 1]})[0])
+                          for i in range(array.shape[0])])

@@ -1,0 +1,498 @@
+"""The sparse engine's blocks as one ONNX graph: the maskers decide in the graph, only the selected work runs.
+
+:func:`lower` turns a :class:`~.executor.SparseModel` (its folded weights and the model's own
+maskers) into an ONNX graph that computes what the torch engine computes, with the same paths
+(:mod:`.bottleneck`): the masks are decided by the maskers inside the graph, the active positions
+and channels are found with ``NonZero``, and
+
+* **layer**: an ``If`` per block runs the residual branch only when the gate is on (in a batch, only
+  the samples whose gate is on run it, gathered and scattered back);
+* **spatial**: conv1 runs on the rows conv2 reads (``Gather`` + ``Gemm``), conv2 on the selected
+  3×3 windows of those rows (an im2col ``Gather`` + ``Gemm``, a batched ``MatMul`` for RegNetY's
+  grouped conv), conv3 on the active rows, whose results replace the shortcut's rows
+  (``ScatterND``); a block whose positions are all on runs the dense path, one whose positions
+  are all off only its shortcut;
+* **channel**: the active channels' rows of every weight are gathered (weights are stored so a
+  selection is contiguous rows) and the products run on them;
+* **both**: the spatial path on the active channels.
+
+Activations are NCHW between blocks, and dense work is plain ``Conv`` s, so that ONNX Runtime runs
+it in its blocked layout with the bias, ReLU and residual sum fused (as it runs the static
+model); sparse work runs on NHWC rows (a transpose in and out of the block). Every node is named
+after its block and part (``layer2.0/conv1/...``). Batch: any size for static, spatial and
+layer models; 1 where channel masks are (samples with different channel masks cannot share the
+gathered weights). The input size is fixed at export.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import UsageError
+from ..models.structure import conv_output_hw
+from .bottleneck import SparseBlock, tap_layout
+from .executor import SparseModel
+from .gather import gather_tables
+from .graph import CONTRIB, Graph, tensor_input
+
+INPUT, OUTPUT = "images", "logits"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """An NCHW activation ``(B, C, H, W)`` in the graph and its static sizes."""
+
+    value: str
+    hw: tuple[int, int]
+    channels: int
+
+    @property
+    def positions(self) -> int:
+        return self.hw[0] * self.hw[1]
+
+
+@dataclass(frozen=True)
+class ChannelSelection:
+    """The active channels of a block (batch of one): indices, channel groups, conv groups, count ``(1,)``."""
+
+    index: str
+    groups: str
+    conv_groups: str
+    count: str
+
+
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().float().contiguous().numpy()
+
+
+def lower(engine: SparseModel, input_hw: tuple[int, int], batch: int | None) -> onnx.ModelProto:
+    """The ONNX model of ``engine`` for ``(B, 3, H, W)`` images (``batch`` None: any batch size)."""
+    needs_one = any(block.source.masker_channel is not None for block in engine.blocks)
+    if needs_one and batch not in (None, 1):
+        raise UsageError(f"a model with channel masks exports for batch 1 only, got batch {batch}")
+    if needs_one:
+        batch = 1
+    g = Graph()
+    x = _stem(g, engine, input_hw)
+    for block in engine.blocks:
+        with g.scope(block.name):
+            x = BlockLowering(g, block, batch).lower(x)
+    with g.scope("head"):
+        pooled = g.ReduceMean(x.value, axes=[2, 3], keepdims=0)
+        logits = g.Gemm(pooled, g.const(_np(engine.fc_weight), hint="fc"), g.const(_np(engine.fc_bias)), transB=1)
+    g.nodes.append(onnx.helper.make_node("Identity", [logits], [OUTPUT], name=OUTPUT))
+    batch_dim = batch if batch is not None else "batch"
+    return g.model([tensor_input(INPUT, [batch_dim, 3, *input_hw])],
+                   [tensor_input(OUTPUT, [batch_dim, engine.fc_weight.shape[0]])])
+
+
+def _stem(g: Graph, engine: SparseModel, input_hw: tuple[int, int]) -> Feature:
+    c = engine.program.c
+    with g.scope("stem"):
+        weight = _np(engine.stem_weight)
+        x = g.Relu(g.Conv(INPUT, g.const(weight, hint="stem"), g.const(_np(engine.stem_bias)),
+                          kernel_shape=list(weight.shape[2:]), strides=[c.stem_stride] * 2, pads=[c.stem_padding] * 4))
+        hw = conv_output_hw(input_hw, weight.shape[2], c.stem_stride, c.stem_padding)
+        if c.stem_pool:
+            x = g.MaxPool(x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+            hw = conv_output_hw(hw, 3, 2, 1)
+        return Feature(x, hw, weight.shape[0])
+
+
+class BlockLowering:
+    """One residual bottleneck in the graph: its masks, and the paths of :mod:`.bottleneck`."""
+
+    def __init__(self, g: Graph, block: SparseBlock, batch: int | None) -> None:
+        self.g = g
+        self.block = block
+        self.shape = block.program.shape
+        self.batch = batch
+        self.spec = self.shape.spec
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def w(self, name: str) -> str:
+        """A folded weight of the block as a constant."""
+        return self.g.const(_np(getattr(self.block, name)), hint=name)
+
+    def conv_weight(self, name: str) -> str:
+        """A 1×1 conv's folded weight (stored ``(in, out)`` for products on rows) as ``(out, in, 1, 1)``."""
+        weight = getattr(self.block, name)
+        weight = weight.t() if name in ("w3", "wp") else weight
+        return self.g.const(_np(weight)[:, :, None, None], hint=name)
+
+    def nhwc_rows(self, x: Feature) -> str:
+        return self.g.Reshape(self.g.Transpose(x.value, perm=[0, 2, 3, 1]), self.g.ints(-1, x.channels))
+
+    def nchw(self, rows: str, hw: tuple[int, int], channels: int) -> Feature:
+        image = self.g.Transpose(self.g.Reshape(rows, self.g.ints(-1, hw[0], hw[1], channels)), perm=[0, 3, 1, 2])
+        return Feature(image, hw, channels)
+
+    def gemm(self, a: str, b: str, c: str, relu: bool = False, trans_b: bool = False) -> str:
+        """``act(a @ b + c)``; ONNX Runtime's FusedGemm adds the ReLU in the same pass."""
+        attributes = {"transB": 1} if trans_b else {}
+        if relu:
+            return self.g.node("FusedGemm", [a, b, c], domain=CONTRIB, activation="Relu", **attributes)
+        return self.g.Gemm(a, b, c, **attributes)
+
+    def out_hw(self, hw: tuple[int, int]) -> tuple[int, int]:
+        return conv_output_hw(hw, 3, self.shape.stride, 1)
+
+    def output(self, value: str, x: Feature) -> Feature:
+        return Feature(value, self.out_hw(x.hw), self.shape.out_channels)
+
+    def batch_size(self, x: Feature) -> str:
+        """The batch size ``(1,)`` (a constant where it is fixed)."""
+        return self.g.ints(self.batch) if self.batch else self.g.Gather(self.g.Shape(x.value), self.g.ints(0))
+
+    def within(self, sub: Graph, build) -> str:
+        """Build with ``sub`` (an ``If`` branch) as the current graph."""
+        previous, self.g = self.g, sub
+        try:
+            return build()
+        finally:
+            self.g = previous
+
+    def branch(self, condition: str, then_build, else_build) -> str:
+        """``If(condition)``: the value ``then_build()`` or ``else_build()`` builds."""
+        return self.g.if_(condition, lambda sub: [self.within(sub, then_build)],
+                          lambda sub: [self.within(sub, else_build)])
+
+    def is_count(self, count: str, value: str) -> str:
+        """``count == value`` for two ``(1,)`` tensors, as an ``If`` condition."""
+        return self.g.Squeeze(self.g.Equal(count, value), self.g.ints(0))
+
+    # -- the block ----------------------------------------------------------------------------------
+    def lower(self, x: Feature) -> Feature:
+        spec, g = self.spec, self.g
+        out_hw = self.out_hw(x.hw)
+        shortcut = self.shortcut(x)  # outside the branches: ONNX Runtime fuses it where it is made
+        if not spec.is_dynamic:
+            return self.dense(x, None, shortcut)
+        channels = self.channel_mask(x) if spec.has_channel else None
+        if not spec.has_spatial:
+            return self.with_channels(x, shortcut, channels, lambda ch: self.dense(x, ch, shortcut))
+        grid = (1, 1) if spec.mode == "layer" else _grid(out_hw, spec.spatial_granularity)
+        if grid == (1, 1):  # one decision per sample
+            return self.gated(x, shortcut, self.gate(x), channels)
+        conv1, conv3 = self.pixel_masks(x, grid, out_hw)
+        with g.scope("masker"):
+            positions = g.Reshape(g.NonZero(conv3), g.ints(-1))
+            count = g.Shape(positions)
+            every = g.Mul(self.batch_size(x), g.ints(out_hw[0] * out_hw[1]))
+        value = self.branch(
+            self.is_count(count, every),
+            lambda: self.with_channels(x, shortcut, channels, lambda ch: self.dense(x, ch, shortcut)).value,
+            lambda: self.branch(
+                self.is_count(count, g.ints(0)),
+                lambda: self.skipped(x, shortcut).value,
+                lambda: self.with_channels(x, shortcut, channels,
+                                           lambda ch: self.spatial(x, shortcut, conv1, positions, ch)).value,
+            ),
+        )
+        return self.output(value, x)
+
+    def gated(self, x: Feature, shortcut: str, gate: str, channels: ChannelSelection | None) -> Feature:
+        """One decision per sample: the whole batch runs, none does, or the samples whose gate is on."""
+        g = self.g
+        with g.scope("masker"):
+            samples = g.Reshape(g.NonZero(g.Reshape(gate, g.ints(-1))), g.ints(-1))
+            count = g.Shape(samples)
+        if self.batch == 1:
+            value = self.branch(self.is_count(count, g.ints(1)),
+                                lambda: self.with_channels(x, shortcut, channels,
+                                                           lambda ch: self.dense(x, ch, shortcut)).value,
+                                lambda: self.skipped(x, shortcut).value)
+            return self.output(value, x)
+        value = self.branch(
+            self.is_count(count, self.batch_size(x)),
+            lambda: self.dense(x, None, shortcut).value,
+            lambda: self.branch(self.is_count(count, g.ints(0)),
+                                lambda: self.skipped(x, shortcut).value,
+                                lambda: self.some_samples(x, shortcut, samples).value),
+        )
+        return self.output(value, x)
+
+    def some_samples(self, x: Feature, shortcut: str, samples: str) -> Feature:
+        """The samples' residual branch, gathered and run as a batch; the others keep their shortcut."""
+        g = self.g
+        with g.scope("batch"):
+            ran = self.dense(Feature(g.Gather(x.value, samples, axis=0), x.hw, x.channels), None,
+                             g.Gather(shortcut, samples, axis=0))
+        skipped = self.skipped(x, shortcut).value
+        return self.output(g.ScatterND(skipped, g.Unsqueeze(samples, g.ints(1)), ran.value), x)
+
+    # -- masks --------------------------------------------------------------------------------------
+    def gate(self, x: Feature) -> str:
+        """One decision per sample (layer skipping, or a spatial masker with a single cell): ``(B, 1)`` bool."""
+        g, conv = self.g, self.block.source.masker_spatial.conv
+        with g.scope("masker"):
+            pooled = g.ReduceMean(x.value, axes=[2, 3], keepdims=0)
+            logits = g.Gemm(pooled, g.const(_np(conv.weight.flatten(1)), hint="masker"), g.const(_np(conv.bias)),
+                            transB=1)
+            return self.decide(logits, 1, axis=1)
+
+    def decide(self, logits: str, decisions: int, axis: int) -> str:
+        """``logit_compute >= logit_skip`` for logits laid out ``[on_0 … on_{n-1}, off_0 … off_{n-1}]`` on ``axis``."""
+        g = self.g
+        on = g.Slice(logits, g.ints(0), g.ints(decisions), g.ints(axis))
+        off = g.Slice(logits, g.ints(decisions), g.ints(2 * decisions), g.ints(axis))
+        return g.GreaterOrEqual(on, off)
+
+    def pixel_masks(self, x: Feature, grid: tuple[int, int], out_hw: tuple[int, int]) -> tuple[str, str]:
+        """The spatial masker's cells as pixel masks: conv1's (input) and conv3's (output), flat bool."""
+        g, conv = self.g, self.block.source.masker_spatial.conv
+        s, stride = self.spec.spatial_granularity, self.shape.stride
+        with g.scope("masker"):
+            pooled = x.value if grid == x.hw else _adaptive_mean(g, x, grid)
+            logits = g.Conv(pooled, g.const(_np(conv.weight), hint="masker"), g.const(_np(conv.bias)),
+                            kernel_shape=[1, 1])
+            cells = g.Cast(g.Squeeze(self.decide(logits, 1, axis=1), g.ints(1)), to=onnx.TensorProto.FLOAT)
+            pixels = g.Gather(g.Gather(cells, g.ints(*[y // s for y in range(out_hw[0])]), axis=1),
+                              g.ints(*[c // s for c in range(out_hw[1])]), axis=2)
+            placed = pixels
+            if stride > 1:
+                parity = np.zeros(x.hw, dtype=np.float32)
+                parity[::stride, ::stride] = 1
+                placed = g.Gather(g.Gather(pixels, g.ints(*[y // stride for y in range(x.hw[0])]), axis=1),
+                                  g.ints(*[c // stride for c in range(x.hw[1])]), axis=2)
+                placed = g.Mul(placed, g.const(parity))
+            needed = g.MaxPool(g.Unsqueeze(placed, g.ints(1)), kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            zero = g.scalar(0.0, np.float32)
+            return g.Greater(g.Reshape(needed, g.ints(-1)), zero), g.Greater(g.Reshape(pixels, g.ints(-1)), zero)
+
+    def channel_mask(self, x: Feature) -> ChannelSelection:
+        """The channel masker on a batch of one: the active channels' indices."""
+        g, masker = self.g, self.block.source.masker_channel
+        linears = [m for m in masker.layers if isinstance(m, torch.nn.Linear)]
+        with g.scope("masker"):
+            h = g.ReduceMean(x.value, axes=[2, 3], keepdims=0)
+            for i, layer in enumerate(linears):
+                h = self.gemm(h, g.const(_np(layer.weight), hint="masker"), g.const(_np(layer.bias)),
+                              relu=i < len(linears) - 1, trans_b=True)
+            groups = g.Reshape(g.NonZero(g.Reshape(self.decide(h, masker.num_groups, axis=1), g.ints(-1))),
+                               g.ints(-1))
+            size, gw = self.spec.channel_granularity, self.shape.group_width
+            index = g.Reshape(g.Add(g.Mul(g.Unsqueeze(groups, g.ints(1)), g.scalar(size)), g.ints(*range(size))),
+                              g.ints(-1))
+            conv_groups = g.Div(g.Slice(index, g.ints(0), g.ints(2**62), g.ints(0), g.ints(gw)), g.scalar(gw))
+            return ChannelSelection(index, groups, conv_groups, g.Shape(index))
+
+    # -- dense paths (NCHW) -------------------------------------------------------------------------
+    def with_channels(self, x: Feature, shortcut: str, channels: ChannelSelection | None, path) -> Feature:
+        """``path(channels)``, except that a block whose channels are all off adds conv3's bias only."""
+        if channels is None:
+            return path(None)
+        value = self.branch(self.is_count(channels.count, self.g.ints(0)),
+                            lambda: self.skipped(x, shortcut, with_bias=True).value, lambda: path(channels).value)
+        return self.output(value, x)
+
+    def shortcut(self, x: Feature) -> str:
+        """The shortcut (NCHW): the strided projection, or ``x`` itself."""
+        if not self.shape.has_projection:
+            return x.value
+        with self.g.scope("projection"):
+            return self.g.Conv(x.value, self.conv_weight("wp"), self.w("bp"), kernel_shape=[1, 1],
+                               strides=[self.shape.stride] * 2)
+
+    def skipped(self, x: Feature, shortcut: str, with_bias: bool = False) -> Feature:
+        """The branch does not run: ``relu(shortcut)`` (with conv3's bias where only the channels are off)."""
+        g = self.g
+        value = shortcut
+        if with_bias:
+            value = g.Add(value, g.const(_np(self.block.b3)[:, None, None], hint="b3"))
+        if self.shape.has_projection or with_bias:
+            value = g.Relu(value)  # an identity shortcut is a ReLU's output already
+        return self.output(value, x)
+
+    def dense(self, x: Feature, channels: ChannelSelection | None, shortcut: str) -> Feature:
+        """Every position computes (on the active channels)."""
+        g, s = self.g, self.shape
+        if channels is not None and s.groups > 1:  # the active conv groups vary: the windows product everywhere
+            return self.spatial(x, shortcut, None, None, channels)
+        with g.scope("conv1"):
+            if channels is None:
+                weight, bias = self.conv_weight("w1"), self.w("b1")
+            else:
+                weight = g.Unsqueeze(g.Gather(self.w("w1"), channels.index, axis=0), g.ints(2, 3))
+                bias = g.Gather(self.w("b1"), channels.index, axis=0)
+            h1 = g.Relu(g.Conv(x.value, weight, bias, kernel_shape=[1, 1]))
+        with g.scope("conv2"):
+            weight, bias = self.conv2_dense_weight(channels)
+            h2 = g.Relu(g.Conv(h1, weight, bias, kernel_shape=[3, 3], strides=[s.stride] * 2, pads=[1, 1, 1, 1],
+                               group=s.groups if channels is None else 1))
+        if s.se_channels:
+            with g.scope("se"):
+                scale = self.se_scale(g.ReduceMean(h2, axes=[2, 3], keepdims=0), channels)
+                h2 = g.Mul(h2, g.Unsqueeze(scale, g.ints(2, 3)))
+        with g.scope("conv3"):
+            if channels is None:
+                weight = self.conv_weight("w3")
+            else:
+                weight = g.Unsqueeze(g.Transpose(g.Gather(self.w("w3"), channels.index, axis=0), perm=[1, 0]),
+                                     g.ints(2, 3))
+            branch = g.Conv(h2, weight, self.w("b3"), kernel_shape=[1, 1])
+            out = g.Relu(g.Add(branch, shortcut))
+        return self.output(out, x)
+
+    def conv2_dense_weight(self, channels: ChannelSelection | None) -> tuple[str, str]:
+        """conv2's weights (active outputs and inputs) for a dense ``Conv``, and its bias."""
+        g, s = self.g, self.shape
+        if channels is None:
+            return g.const(_np(self.block.w2), hint="w2"), self.w("b2")
+        size = self.spec.channel_granularity
+        in_groups = s.width // size
+        table = g.const(_np(self.block.w2_rows.reshape(s.width * in_groups, size * 9)), hint="w2_rows")
+        pairs = g.Add(g.Mul(g.Unsqueeze(channels.index, g.ints(1)), g.scalar(in_groups)),
+                      g.Unsqueeze(channels.groups, g.ints(0)))
+        rows = g.Gather(table, g.Reshape(pairs, g.ints(-1)), axis=0)
+        weight = g.Reshape(rows, g.Concat(channels.count, channels.count, g.ints(3, 3), axis=0))
+        return weight, g.Gather(self.w("b2"), channels.index, axis=0)
+
+    def se_scale(self, pooled: str, channels: ChannelSelection | None) -> str:
+        """The squeeze-excitation's scale ``(N, C)`` for pooled vectors ``(N, C)``."""
+        g = self.g
+        w1, w2, b2 = self.w("se1"), self.w("se2"), self.w("se2_b")
+        if channels is not None:
+            w1, w2, b2 = (g.Gather(w, channels.index, axis=0) for w in (w1, w2, b2))
+        hidden = self.gemm(pooled, w1, self.w("se1_b"), relu=True)
+        return g.Sigmoid(g.Gemm(hidden, w2, b2, transB=1))
+
+    # -- the sparse path (NHWC rows) ----------------------------------------------------------------
+    def conv1_rows(self, rows: str, channels: ChannelSelection | None) -> str:
+        g = self.g
+        if channels is None:
+            return self.gemm(rows, g.const(_np(self.block.w1.t()), hint="w1_rows"), self.w("b1"), relu=True)
+        weight = g.Gather(self.w("w1"), channels.index, axis=0)
+        return self.gemm(rows, weight, g.Gather(self.w("b1"), channels.index, axis=0), relu=True, trans_b=True)
+
+    def spatial(self, x: Feature, shortcut: str, conv1_mask: str | None, positions: str | None,
+                channels: ChannelSelection | None) -> Feature:
+        """conv1 where conv2 reads, conv2 and conv3 at ``positions`` (every position where ``None``)."""
+        g, s = self.g, self.shape
+        out_hw = self.out_hw(x.hw)
+        per_out = out_hw[0] * out_hw[1]
+        padded_one, windows_one, per_image = _tables(x.hw, s.stride)
+        rows = self.nhwc_rows(x)
+        with g.scope("conv1"):
+            needed = None if conv1_mask is None else g.Reshape(g.NonZero(conv1_mask), g.ints(-1))
+            h1 = self.conv1_rows(rows if needed is None else g.Gather(rows, needed, axis=0), channels)
+            width = g.Slice(g.Shape(h1), g.ints(1), g.ints(2))
+            h1z = g.Concat(h1, _filled(g, g.Concat(g.ints(1), width, axis=0), 0.0), axis=0)
+        with g.scope("conv2"):
+            if positions is None:
+                every = g.Squeeze(g.Mul(self.batch_size(x), g.ints(per_out)), g.ints(0))
+                positions = g.Range(g.scalar(0), every, g.scalar(1))
+            sample = g.Div(positions, g.scalar(per_out))
+            windows = g.Add(g.Unsqueeze(g.Mul(sample, g.scalar(per_image)), g.ints(1)),
+                            g.Gather(g.const(windows_one, hint="windows"), g.Mod(positions, g.scalar(per_out)), axis=0))
+            slots = self.slots(x, needed, padded_one, per_image, g.Gather(g.Shape(h1), g.ints(0)))
+            cols = g.Gather(h1z, g.Gather(slots, windows, axis=0), axis=0)  # (n3, 9, C): im2col of the windows
+            h2 = self.conv2_windows(cols, width, channels)
+        if s.se_channels:
+            with g.scope("se"):
+                h2 = g.Mul(h2, self.se_scale_at(h2, sample, self.batch_size(x), channels))
+        with g.scope("conv3"):
+            shortcut = rows if not s.has_projection else self.nhwc_rows(Feature(shortcut, out_hw, s.out_channels))
+            base = g.Relu(shortcut) if s.has_projection else shortcut  # the output where the branch is off
+            weight = self.w("w3") if channels is None else g.Gather(self.w("w3"), channels.index, axis=0)
+            values = self.gemm(h2, weight, g.Add(g.Gather(shortcut, positions, axis=0), self.w("b3")), relu=True)
+            out = g.ScatterND(base, g.Unsqueeze(positions, g.ints(1)), values)
+        return self.nchw(out, out_hw, s.out_channels)
+
+    def slots(self, x: Feature, needed: str | None, padded_one: np.ndarray, per_image: int, count: str) -> str:
+        """For every position of the zero-padded input: its row of conv1's output, else the zero row."""
+        g = self.g
+        positions = x.positions
+        if needed is None:  # conv1 ran everywhere: sample b's rows are b·positions + r, the zero row is last
+            batch = g.Squeeze(self.batch_size(x), g.ints(0))
+            table = np.full(per_image, -1, dtype=np.int64)
+            table[padded_one] = np.arange(positions)
+            offsets = g.Unsqueeze(g.Mul(g.Range(g.scalar(0), batch, g.scalar(1)), g.scalar(positions)), g.ints(1))
+            padding = g.Less(g.const(table, hint="slots"), g.scalar(0))
+            rows = g.Where(padding, g.Mul(batch, g.scalar(positions)), g.Add(g.const(table, hint="slots"), offsets))
+            return g.Reshape(rows, g.ints(-1))
+        total = g.Mul(self.batch_size(x), g.ints(per_image))
+        target = g.Add(g.Mul(g.Div(needed, g.scalar(positions)), g.scalar(per_image)),
+                       g.Gather(g.const(padded_one, hint="padded"), g.Mod(needed, g.scalar(positions)), axis=0))
+        return g.ScatterND(g.Expand(count, total), g.Unsqueeze(target, g.ints(1)),
+                           g.Range(g.scalar(0), g.Squeeze(count, g.ints(0)), g.scalar(1)))
+
+    def conv2_windows(self, cols: str, width: str, channels: ChannelSelection | None) -> str:
+        """conv2 on gathered windows ``(N, 9, C)``: one product (a batched one per active conv group)."""
+        g, s = self.g, self.shape
+        taps = g.const(_np(tap_layout(self.block.w2.contiguous(), s.groups)), hint="w2_taps")
+        bias = self.w("b2") if channels is None else g.Gather(self.w("b2"), channels.index, axis=0)
+        if s.groups == 1:
+            if channels is None:
+                taps = g.Reshape(taps, g.ints(-1, s.width))
+            else:
+                taps = g.Gather(g.Gather(taps, channels.index, axis=1), channels.index, axis=2)
+                taps = g.Reshape(taps, g.Concat(g.ints(-1), channels.count, axis=0))
+            flat = g.Reshape(cols, g.Concat(g.ints(-1), g.Mul(width, g.ints(9)), axis=0))
+            return self.gemm(flat, taps, bias, relu=True)
+        gw = s.group_width
+        if channels is not None:
+            taps = g.Gather(taps, channels.conv_groups, axis=0)
+        groups = g.Gather(g.Shape(taps), g.ints(0))
+        grouped = g.Transpose(g.Reshape(cols, g.Concat(g.ints(0, 9), groups, g.ints(gw), axis=0)), perm=[2, 0, 1, 3])
+        grouped = g.Reshape(grouped, g.Concat(groups, g.ints(-1, 9 * gw), axis=0))
+        out = g.Relu(g.Add(g.MatMul(grouped, taps), g.Reshape(bias, g.Concat(groups, g.ints(1, gw), axis=0))))
+        return g.Reshape(g.Transpose(out, perm=[1, 0, 2]), g.Concat(g.ints(-1), width, axis=0))
+
+    def se_scale_at(self, h2: str, sample: str, batch: str, channels: ChannelSelection | None) -> str:
+        """The squeeze-excitation's scale per row, each sample pooling its computed rows only."""
+        g = self.g
+        if self.batch == 1:  # a mean over the rows, as a reduction over the last axis (ONNX Runtime's fast one)
+            pooled = g.ReduceMean(g.Transpose(h2, perm=[1, 0]), axes=[1], keepdims=0)
+            return self.se_scale(g.Unsqueeze(pooled, g.ints(0)), channels)
+        width = g.Slice(g.Shape(h2), g.ints(1), g.ints(2))
+        zeros = _filled(g, g.Concat(batch, width, axis=0), 0.0)
+        index = g.Unsqueeze(sample, g.ints(1))
+        sums = g.ScatterND(zeros, index, h2, reduction="add")
+        counts = g.ScatterND(_filled(g, batch, 0.0), index, _filled(g, g.Shape(sample), 1.0), reduction="add")
+        present = g.Reshape(g.NonZero(counts), g.ints(-1))  # samples without computed rows skip the SE
+        pooled = g.Div(g.Gather(sums, present, axis=0), g.Unsqueeze(g.Gather(counts, present, axis=0), g.ints(1)))
+        scale = g.ScatterND(zeros, g.Unsqueeze(present, g.ints(1)), self.se_scale(pooled, channels))
+        return g.Gather(scale, sample, axis=0)
+
+
+def _grid(out_hw: tuple[int, int], granularity: int) -> tuple[int, int]:
+    return (math.ceil(out_hw[0] / granularity), math.ceil(out_hw[1] / granularity))
+
+
+def _tables(in_hw: tuple[int, int], stride: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """For one image: each input position's row in the zero-padded map, each output position's 9
+    window rows, and the padded map's size (:mod:`.gather`)."""
+    tables = gather_tables(1, tuple(in_hw), stride, torch.device("cpu"))
+    return tables.padded.numpy(), tables.windows.numpy(), tables.rows
+
+
+def _filled(g: Graph, shape: str, value: float) -> str:
+    """A float tensor of the (run-time) ``shape`` filled with ``value``."""
+    return g.ConstantOfShape(shape, value=onnx.helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [value]))
+
+
+def _adaptive_mean(g: Graph, feature: Feature, grid: tuple[int, int]) -> str:
+    """``adaptive_avg_pool2d`` of an NCHW feature to ``grid`` cells (torch's bins ``[floor(i·n/b), ceil((i+1)·n/b))``):
+    an ``AveragePool`` where the bins are equal, else differences of cumulative sums."""
+    x, (h, w) = feature.value, feature.hw
+    if h % grid[0] == 0 and w % grid[1] == 0:
+        kernel = [h // grid[0], w // grid[1]]
+        return g.AveragePool(x, kernel_shape=kernel, strides=kernel)
+    for axis, size, bins in ((2, h, grid[0]), (3, w, grid[1])):
+        if size == bins:
+            continue
+        starts = [math.floor(i * size / bins) for i in range(bins)]
+        ends = [math.ceil((i + 1) * size / bins) for i in range(bins)]
+        pads = [0] * 8
+        pads[axis] = 1  # a zero row before the first, so a bin's sum is a difference of cumulative sums
+        cumulative = g.CumSum(g.Pad(x, g.ints(*pads)), g.scalar(axis))
+        sums = g.Sub(g.Gather(cumulative, g.ints(*ends), axis=axis), g.Gather(cumulative, g.ints(*starts), axis=axis))
+        counts = np.array([e - s for s, e in zip(starts, ends)], dtype=np.float32)
+        x = g.Div(sums, g.const(counts.reshape((-1, 1) if axis == 2 else (-1,)), hint="bins"))
+    return x
