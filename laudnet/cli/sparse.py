@@ -1,4 +1,4 @@
-"""``laudnet sparse bench``: the sparse engine's latency beside the masked and the static model."""
+"""``laudnet sparse bench`` (the engine's latency beside the static model's) and ``laudnet sparse export`` (ONNX)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from ..models import create_model, model_from_checkpoint
 from ..models.structure import parse_input_size
 from ..reporting import dumps, format_table, to_jsonable
 from ..sparse import compare_latency, set_gate_density
+from ..sparse.export import export_onnx
 from .common import CommandError, add_spec_arguments, check_device, positive_int, set_threads, spec_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    group = subparsers.add_parser("sparse", help="the sparse inference engine: benchmarks")
+    group = subparsers.add_parser("sparse", help="the sparse inference engine: benchmarks, ONNX export")
     commands = group.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     p = commands.add_parser(
         "bench", help="latency of the sparse engine vs the masked model and the static network",
@@ -38,6 +39,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=bench_command)
 
+    p = commands.add_parser(
+        "export", help="write a LAUD model as one ONNX file in which the maskers decide and only the selected work runs",
+        description="Export a LAUD model (a checkpoint, or a model name with random weights) to ONNX: the graph "
+                    "holds the maskers and the data-dependent computation (NonZero, Gather, Gemm, ScatterND, If). "
+                    "The file is checked in ONNX Runtime against the masked model before it is written.",
+    )
+    p.add_argument("model", nargs="?", help="model name (random weights, for trying the format); or give --checkpoint")
+    p.add_argument("--checkpoint", default=None, help="a laudnet checkpoint")
+    add_spec_arguments(p, default_mode=None)
+    p.add_argument("--density", type=float, default=None, help="with a model name: set every masker to this density")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--input", default="224", help="image size the graph takes: 224 or HxW (any size where the mode allows)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="a fixed batch size (default: any batch where the mode allows, else 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example images")
+    p.set_defaults(func=export_command)
+
 
 def _build(args: argparse.Namespace) -> torch.nn.Module:
     if (args.model is None) == (args.checkpoint is None):
@@ -49,6 +67,22 @@ def _build(args: argparse.Namespace) -> torch.nn.Module:
     if args.mode is None:
         raise CommandError("--mode is required with a model name: spatial, channel, layer, both or static (or one per stage)")
     return create_model(args.model, **spec_kwargs(args))
+
+
+def export_command(args: argparse.Namespace) -> int:
+    model = _build(args).eval()
+    h, w = parse_input_size(args.input)
+    generator = torch.Generator().manual_seed(args.seed)
+    images = torch.randn(max(args.batch or 1, 2), 3, h, w, generator=generator)
+    if args.density is not None:
+        if args.checkpoint is not None:
+            raise CommandError("--density sets the gates of a model built from a name; a --checkpoint keeps its own")
+        set_gate_density(model, args.density, images)
+    check = export_onnx(model, args.output, images[: args.batch] if args.batch else images, batch=args.batch)
+    graph = check.graph_input
+    print(f"wrote {args.output}: {model.name} {model.dynamic_spec.describe()}, input {graph}; logits within "
+          f"{check.relative_error:.1e} (relative) of the masked model's on the example")
+    return 0
 
 
 def bench_command(args: argparse.Namespace) -> int:

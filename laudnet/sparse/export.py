@@ -8,7 +8,9 @@ session: the sparse engine's CPU backend (``convert(model, backend="onnxruntime"
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 EXPORT_TOLERANCE = 1e-4  # largest |difference| of the logits, relative to their largest magnitude
 
 
-def session_options(threads: int | None = None, profile: bool = False):
+def session_options(threads: int | None = None, profile: bool = False, layout: bool = True):
     """ONNX Runtime settings for latency: a fixed thread pool that does not spin after a call (a spinning
     pool slows whatever runs next on a small machine), every graph optimisation."""
     import onnxruntime as ort
@@ -37,29 +39,60 @@ def session_options(threads: int | None = None, profile: bool = False):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ``layout``: ONNX Runtime's blocked-layout convolutions (the fast ones; they pad channels to a block).
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if layout else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.graph_optimization_level = level
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     options.enable_profiling = profile
     return options
 
 
-def ort_session(model: onnx.ModelProto | bytes | PathLike, threads: int | None = None, profile: bool = False):
+def ort_session(model: onnx.ModelProto | bytes | PathLike, threads: int | None = None, profile: bool = False,
+                layout: bool = True):
     """An ONNX Runtime CPU session of ``model`` (see :func:`session_options`)."""
     import onnxruntime as ort
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     if isinstance(source, os.PathLike):
         source = str(source)
-    return ort.InferenceSession(source, session_options(threads, profile), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, session_options(threads, profile, layout), providers=["CPUExecutionProvider"])
+
+
+def executed_macs(graph: onnx.ModelProto, images: torch.Tensor) -> int:
+    """The multiply-accumulates ONNX Runtime executes for ``images``: every convolution and product
+    node that ran (``If`` branches included), from the shapes its profiler records."""
+    session = ort_session(graph, threads=1, profile=True, layout=False)
+    session.run([OUTPUT], {INPUT: images.detach().cpu().float().contiguous().numpy()})
+    with open(session.end_profiling()) as handle:
+        events = json.load(handle)
+    os.unlink(handle.name)
+    return sum(_node_macs(e["args"]) for e in events
+               if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
+
+
+def _node_macs(args: dict) -> int:
+    op = args["op_name"]
+    shapes = [next(iter(s.values())) for s in args.get("input_type_shape", [])]
+    outputs = [next(iter(s.values())) for s in args.get("output_type_shape", [])]
+    if op in ("Conv", "FusedConv"):
+        weight = shapes[1]
+        return math.prod(outputs[0]) * math.prod(weight[1:])
+    if op in ("Gemm", "FusedGemm"):
+        return math.prod(outputs[0]) * (shapes[0][1] if args.get("transA", "0") == "0" else shapes[0][0])
+    if op in ("MatMul", "FusedMatMul"):
+        return math.prod(outputs[0]) * shapes[0][-1]
+    return 0
 
 
 @dataclass(frozen=True)
 class ExportCheck:
-    """How the exported graph's logits compare with the masked model's on the example input."""
+    """How the exported graph's logits compare with the masked model's on the example input, and the
+    input the graph takes (``graph_input``, e.g. ``batch x 3 x 224 x 224``)."""
 
     max_abs_error: float
     relative_error: float
+    graph_input: str
 
 
 def export_model(model: DynamicBackbone, example_input: torch.Tensor, batch: int | None = None) -> onnx.ModelProto:
@@ -79,7 +112,9 @@ def check_export(graph: onnx.ModelProto, model: DynamicBackbone, example_input: 
     if got.shape != want.shape:
         raise UsageError(f"the exported graph returned logits of shape {got.shape}, the model {want.shape}")
     error = float(np.abs(got - want).max())
-    return ExportCheck(error, error / max(float(np.abs(want).max()), 1e-12))
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    described = " x ".join(d.dim_param or str(d.dim_value) for d in dims)
+    return ExportCheck(error, error / max(float(np.abs(want).max()), 1e-12), described)
 
 
 def export_onnx(model: DynamicBackbone, path: PathLike, example_input: torch.Tensor,
@@ -99,7 +134,7 @@ def export_onnx(model: DynamicBackbone, path: PathLike, example_input: torch.Ten
                          f"(relative; allowed {EXPORT_TOLERANCE:g}): not written")
     with atomic_open(path, "wb") as handle:
         handle.write(graph.SerializeToString())
-    log.info("wrote %s (relative logit error %.1e on the example)", path, check.relative_error)
+    log.debug("wrote %s (relative logit error %.1e on the example)", path, check.relative_error)
     return check
 
 

@@ -18,10 +18,12 @@ and channels are found with ``NonZero``, and
 
 Activations are NCHW between blocks, and dense work is plain ``Conv`` s, so that ONNX Runtime runs
 it in its blocked layout with the bias, ReLU and residual sum fused (as it runs the static
-model); sparse work runs on NHWC rows (a transpose in and out of the block). Every node is named
-after its block and part (``layer2.0/conv1/...``). Batch: any size for static, spatial and
-layer models; 1 where channel masks are (samples with different channel masks cannot share the
-gathered weights). The input size is fixed at export.
+model); sparse and channel-sliced work runs as products on NHWC rows (a transpose in and out of
+the block; OpenVINO convolves with constant weights only). Every node is named after its block
+and part (``layer2.0/conv1/...``). Batch: any size for static, spatial and layer models; 1 where
+channel masks are (samples with different channel masks cannot share the gathered weights).
+Image size: any for static and layer models, else the size given at export (the mask geometry
+is built into the graph).
 """
 
 from __future__ import annotations
@@ -87,8 +89,17 @@ def lower(engine: SparseModel, input_hw: tuple[int, int], batch: int | None) -> 
         logits = g.Gemm(pooled, g.const(_np(engine.fc_weight), hint="fc"), g.const(_np(engine.fc_bias)), transB=1)
     g.nodes.append(onnx.helper.make_node("Identity", [logits], [OUTPUT], name=OUTPUT))
     batch_dim = batch if batch is not None else "batch"
-    return g.model([tensor_input(INPUT, [batch_dim, 3, *input_hw])],
+    size = ["height", "width"] if symbolic_size(engine) else list(input_hw)
+    return g.model([tensor_input(INPUT, [batch_dim, 3, *size])],
                    [tensor_input(OUTPUT, [batch_dim, engine.fc_weight.shape[0]])])
+
+
+def symbolic_size(engine: SparseModel) -> bool:
+    """Whether the graph takes any image size: no block builds pixel masks or gathers positions
+    (static blocks and whole-block gates only)."""
+    return all(not block.program.shape.spec.has_channel and
+               (not block.program.shape.spec.has_spatial or block.program.shape.spec.mode == "layer")
+               for block in engine.blocks)
 
 
 def _stem(g: Graph, engine: SparseModel, input_hw: tuple[int, int]) -> Feature:
@@ -249,9 +260,12 @@ class BlockLowering:
         s, stride = self.spec.spatial_granularity, self.shape.stride
         with g.scope("masker"):
             pooled = x.value if grid == x.hw else _adaptive_mean(g, x, grid)
-            logits = g.Conv(pooled, g.const(_np(conv.weight), hint="masker"), g.const(_np(conv.bias)),
-                            kernel_shape=[1, 1])
-            cells = g.Cast(g.Squeeze(self.decide(logits, 1, axis=1), g.ints(1)), to=onnx.TensorProto.FLOAT)
+            # A product, not a 1x1 Conv: a blocked-layout conv would pad the two logits to a channel block.
+            logits = g.Add(g.MatMul(g.const(_np(conv.weight.flatten(1)), hint="masker"),
+                                    g.Reshape(pooled, g.ints(0, x.channels, grid[0] * grid[1]))),
+                           g.const(_np(conv.bias)[:, None]))
+            cells = g.Reshape(self.decide(logits, 1, axis=1), g.ints(-1, *grid))
+            cells = g.Cast(cells, to=onnx.TensorProto.FLOAT)
             pixels = g.Gather(g.Gather(cells, g.ints(*[y // s for y in range(out_hw[0])]), axis=1),
                               g.ints(*[c // s for c in range(out_hw[1])]), axis=2)
             placed = pixels
@@ -310,48 +324,24 @@ class BlockLowering:
         return self.output(value, x)
 
     def dense(self, x: Feature, channels: ChannelSelection | None, shortcut: str) -> Feature:
-        """Every position computes (on the active channels)."""
+        """Every position computes (on the active channels: products on rows with gathered weights, since
+        OpenVINO convolves with constant weights only and the active conv groups vary)."""
         g, s = self.g, self.shape
-        if channels is not None and s.groups > 1:  # the active conv groups vary: the windows product everywhere
+        if channels is not None:
             return self.spatial(x, shortcut, None, None, channels)
         with g.scope("conv1"):
-            if channels is None:
-                weight, bias = self.conv_weight("w1"), self.w("b1")
-            else:
-                weight = g.Unsqueeze(g.Gather(self.w("w1"), channels.index, axis=0), g.ints(2, 3))
-                bias = g.Gather(self.w("b1"), channels.index, axis=0)
-            h1 = g.Relu(g.Conv(x.value, weight, bias, kernel_shape=[1, 1]))
+            h1 = g.Relu(g.Conv(x.value, self.conv_weight("w1"), self.w("b1"), kernel_shape=[1, 1]))
         with g.scope("conv2"):
-            weight, bias = self.conv2_dense_weight(channels)
-            h2 = g.Relu(g.Conv(h1, weight, bias, kernel_shape=[3, 3], strides=[s.stride] * 2, pads=[1, 1, 1, 1],
-                               group=s.groups if channels is None else 1))
+            h2 = g.Relu(g.Conv(h1, g.const(_np(self.block.w2), hint="w2"), self.w("b2"), kernel_shape=[3, 3],
+                               strides=[s.stride] * 2, pads=[1, 1, 1, 1], group=s.groups))
         if s.se_channels:
             with g.scope("se"):
-                scale = self.se_scale(g.ReduceMean(h2, axes=[2, 3], keepdims=0), channels)
+                scale = self.se_scale(g.ReduceMean(h2, axes=[2, 3], keepdims=0), None)
                 h2 = g.Mul(h2, g.Unsqueeze(scale, g.ints(2, 3)))
         with g.scope("conv3"):
-            if channels is None:
-                weight = self.conv_weight("w3")
-            else:
-                weight = g.Unsqueeze(g.Transpose(g.Gather(self.w("w3"), channels.index, axis=0), perm=[1, 0]),
-                                     g.ints(2, 3))
-            branch = g.Conv(h2, weight, self.w("b3"), kernel_shape=[1, 1])
+            branch = g.Conv(h2, self.conv_weight("w3"), self.w("b3"), kernel_shape=[1, 1])
             out = g.Relu(g.Add(branch, shortcut))
         return self.output(out, x)
-
-    def conv2_dense_weight(self, channels: ChannelSelection | None) -> tuple[str, str]:
-        """conv2's weights (active outputs and inputs) for a dense ``Conv``, and its bias."""
-        g, s = self.g, self.shape
-        if channels is None:
-            return g.const(_np(self.block.w2), hint="w2"), self.w("b2")
-        size = self.spec.channel_granularity
-        in_groups = s.width // size
-        table = g.const(_np(self.block.w2_rows.reshape(s.width * in_groups, size * 9)), hint="w2_rows")
-        pairs = g.Add(g.Mul(g.Unsqueeze(channels.index, g.ints(1)), g.scalar(in_groups)),
-                      g.Unsqueeze(channels.groups, g.ints(0)))
-        rows = g.Gather(table, g.Reshape(pairs, g.ints(-1)), axis=0)
-        weight = g.Reshape(rows, g.Concat(channels.count, channels.count, g.ints(3, 3), axis=0))
-        return weight, g.Gather(self.w("b2"), channels.index, axis=0)
 
     def se_scale(self, pooled: str, channels: ChannelSelection | None) -> str:
         """The squeeze-excitation's scale ``(N, C)`` for pooled vectors ``(N, C)``."""

@@ -1,0 +1,158 @@
+"""ONNX export: the skipping inside the graph, decided by the graph, equal to the masked model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from helpers import randomize_
+from laudnet import create_model
+from laudnet.cli import main
+from laudnet.errors import UsageError
+from laudnet.sparse import convert, set_gate_density
+from laudnet.sparse import export as export_module
+from laudnet.sparse.export import executed_macs, export_model, export_onnx, ort_session
+
+SIZE = (61, 83)
+CASES = [
+    ("laud_resnet50", "static", {}),
+    ("laud_resnet50", "spatial", {"spatial_granularity": "1-2-4-7"}),
+    ("laud_resnet50", "channel", {"channel_granularity": "1-2-4-1"}),
+    ("laud_resnet50", "layer", {}),
+    ("laud_resnet50", "both", {"spatial_granularity": "2-7-1-4", "channel_granularity": "4-1-2-4"}),
+    ("laud_regnet_y_400mf", "spatial", {"spatial_granularity": "4-1-2-1"}),
+    ("laud_regnet_y_400mf", "channel", {"channel_granularity": "16-8-16-40"}),
+    ("laud_regnet_y_400mf", "layer", {}),
+    ("laud_regnet_y_400mf", "both", {"spatial_granularity": 2, "channel_granularity": "8-8-8-8"}),
+]
+
+
+def _model(name: str, mode: str, density: float = 0.5, seed: int = 0, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    extra = {"width_multiplier": 0.25} if "resnet" in name else {}
+    model = randomize_(create_model(name, mode=mode, **kwargs, **extra), seed).eval()
+    if mode != "static":
+        set_gate_density(model, density, torch.randn(4, 3, *SIZE, generator=torch.Generator().manual_seed(seed)))
+    return model
+
+
+def _relative(got: np.ndarray, want: torch.Tensor) -> float:
+    want = want.detach().numpy()
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("name, mode, kwargs", CASES, ids=[f"{n}-{m}" for n, m, _ in CASES])
+def test_exported_graph_decides_and_equals_the_masked_model(name, mode, kwargs, tmp_path):
+    model = _model(name, mode, **kwargs)
+    example = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, example)
+    session = ort_session(path)
+    batch = 1 if mode in ("channel", "both") else 3
+    images = torch.randn(batch, 3, *SIZE, generator=torch.Generator().manual_seed(2))  # not the example
+    with torch.no_grad():
+        want = model(images, return_stats=True)
+    got = session.run(None, {"images": images.numpy()})[0]
+    assert _relative(got, want.logits) <= 1e-4
+    # Executed multiply-accumulates (from ONNX Runtime's own profile) are the reported dynamic MACs.
+    assert executed_macs(onnx.load(path), images) == pytest.approx(float(want.stats.dynamic_macs.sum()), rel=1e-9)
+
+
+def test_masks_are_decided_in_the_graph_per_image():
+    model = _model("laud_resnet50", "spatial", spatial_granularity=2)
+    graph = export_model(model, torch.zeros(1, 3, *SIZE))
+    session = ort_session(graph)
+    first, second = (torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(s)) for s in (5, 6))
+    with torch.no_grad():
+        masks = [model(x, return_stats=True).stats.blocks[0].spatial_mask for x in (first, second)]
+        assert not torch.equal(masks[0], masks[1])
+        for x in (first, second):
+            assert _relative(session.run(None, {"images": x.numpy()})[0], model(x)) <= 1e-4
+    assert {"NonZero", "Gather", "ScatterND", "If"} <= _op_types(graph)
+
+
+def _op_types(graph: onnx.ModelProto) -> set[str]:
+    found = set()
+
+    def visit(g):
+        for node in g.node:
+            found.add(node.op_type)
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    visit(attribute.g)
+
+    visit(graph.graph)
+    return found
+
+
+def test_a_batch_with_mixed_gates_and_any_image_size_for_layer_skipping():
+    model = _model("laud_resnet50", "layer", density=0.5)
+    graph = export_model(model, torch.zeros(1, 3, *SIZE))
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+    session = ort_session(graph)
+    for size in ((64, 48), (97, 75)):
+        images = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            stats = model(images, return_stats=True).stats
+        assert any(0 < float(b.conv3_density.mean()) < 1 for b in stats.blocks), "no block with mixed gates"
+        assert _relative(session.run(None, {"images": images.numpy()})[0], model(images)) <= 1e-4
+
+
+def test_openvino_runs_the_file_with_the_same_logits(tmp_path):
+    import openvino as ov
+
+    core = ov.Core()
+    for name, mode, kwargs in (CASES[1], CASES[2], CASES[3], CASES[8]):
+        model = _model(name, mode, **kwargs)
+        path = tmp_path / f"{mode}.onnx"
+        images = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(4))
+        export_onnx(model, path, images)
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        got = compiled.create_infer_request().infer({0: images.numpy()})
+        with torch.no_grad():
+            assert _relative(next(iter(got.values())), model(images)) <= 1e-4, (name, mode)
+
+
+def test_the_self_check_refuses_a_graph_that_differs(tmp_path, monkeypatch):
+    model = _model("laud_resnet50", "layer")
+    lower = export_module.lower
+
+    def corrupted(*args, **kwargs):
+        graph = lower(*args, **kwargs)
+        weight = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
+        values = onnx.numpy_helper.to_array(weight) * 1.01
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+        return graph
+
+    monkeypatch.setattr(export_module, "lower", corrupted)
+    with pytest.raises(UsageError, match="differ from the model's"):
+        export_onnx(model, tmp_path / "bad.onnx", torch.randn(1, 3, *SIZE))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_onnxruntime_engine_is_the_exported_graph():
+    model = _model("laud_regnet_y_400mf", "spatial", spatial_granularity=2)
+    engine = convert(model, backend="onnxruntime")
+    images = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        assert _relative(engine(images).numpy(), model(images)) <= 1e-4
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    before_bn = create_model("laud_resnet50", mode="channel", width_multiplier=0.25, channel_mask_placement="before_bn")
+    with pytest.raises(UsageError, match="masks before BN"):
+        export_onnx(before_bn, tmp_path / "x.onnx", torch.randn(1, 3, *SIZE))
+    for argv, message in [
+        (["laud_resnet50", "--mode", "channel", "--batch", "2"], "exports for batch 1 only"),
+        (["laud_resnet50", "--mode", "layer", "-o", str(tmp_path / "file" / "x.onnx")], "cannot write"),
+        (["--checkpoint", str(tmp_path / "none.pth")], "checkpoint not found"),
+    ]:
+        (tmp_path / "file").write_text("not a folder")
+        output = [] if "-o" in argv else ["-o", str(tmp_path / "x.onnx")]
+        assert main(["sparse", "export", *argv, *output, "--input", "64"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x.onnx").exists()
