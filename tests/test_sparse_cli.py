@@ -1,4 +1,4 @@
-"""`laudnet bench-sparse`, and a checkpoint trained by `laudnet train` run through the engine."""
+"""`laudnet sparse bench`, and a checkpoint trained by `laudnet train` run through the engine."""
 
 from __future__ import annotations
 
@@ -20,13 +20,17 @@ QUICK = ["--input", "64x48", "--calls", "1", "--blocks", "1", "--warmup", "0", "
 
 def test_bench_sparse_json_has_the_latencies_and_the_realised_ratio(capsys):
     assert main(["sparse", "bench", "laud_resnet50", "--mode", "spatial", "-S", "2", "--density", "0.5", *QUICK,
-                 "--json"]) == 0
+                 "--masked", "--threads", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert set(result["static"]) == {"eager", "eager_channels_last", "onnxruntime", "openvino"}
+    assert set(result["engine"]) == {"onnxruntime", "torch"}
     for key in ("engine_ms", "masked_ms", "static_ms"):
         assert result[key] > 0
+    assert result["static_ms"] == min(result["static"].values()) and result["threads"] == 1
     assert 0.2 < result["macs_ratio"] < 0.9
     assert result["static_model"] == "torchvision resnet50" and result["input_hw"] == [64, 48]
     assert result["engine_vs_static"] == result["engine_ms"] / result["static_ms"]
+    assert result["efficiency"] == result["engine_vs_static"] / result["macs_ratio"]
 
 
 def test_bench_sparse_from_a_checkpoint_of_a_reduced_model(tmp_path, capsys):
@@ -36,7 +40,7 @@ def test_bench_sparse_from_a_checkpoint_of_a_reduced_model(tmp_path, capsys):
     save_torch({"model_config": checkpoint_metadata(model), "model": model.state_dict()}, path)
     assert main(["sparse", "bench", "--checkpoint", str(path), "--density", "0.4", *QUICK]) == 0
     out = capsys.readouterr().out
-    assert "sparse engine" in out and "masked model" in out and "static (laud_resnet50 static" in out
+    assert "sparse engine, onnxruntime" in out and "static, openvino" in out
     assert "MACs ratio realised" in out
 
 
@@ -49,6 +53,10 @@ def test_bench_sparse_usage_errors(tmp_path, capsys):
     assert "a --checkpoint brings its own" in capsys.readouterr().err
     assert main(["sparse", "bench", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["sparse", "bench", "laud_resnet50", "--mode", "layer", "--input", "20000x20000"]) == 2
+    assert "GiB of input; the limit is" in capsys.readouterr().err
+    assert main(["sparse", "bench", "laud_resnet50", "--mode", "layer", "--threads", "0"]) == 2
+    assert "expected a positive integer" in capsys.readouterr().err
 
 
 def test_trained_checkpoint_converts_to_the_same_accuracy(trained_run):

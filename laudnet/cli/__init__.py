@@ -40,8 +40,15 @@ LATENCY_COMMANDS = ("predict", "search", "plot", "calibrate", "validate", "sugge
 __all__ = ["ALIASES", "CommandError", "build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit code 2), like every other user error."""
+
+    def error(self, message: str) -> None:
+        raise CommandError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="laudnet",
         description="Latency-aware dynamic networks: models, training, latency prediction, sparse inference.",
     )
@@ -71,8 +78,11 @@ def resolve_aliases(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = resolve_aliases(list(sys.argv[1:] if argv is None else argv))
-    parser = build_parser()
-    args = parser.parse_args(args_list)
+    try:
+        args = build_parser().parse_args(args_list)
+    except CommandError as error:
+        print(f"laudnet: error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",

@@ -52,15 +52,16 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def check_device(device: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N`` that exists here."""
-    if device == "cpu":
-        return device
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise CommandError(f"--device {device}: no CUDA device is available here; use --device cpu")
-        return device
-    raise CommandError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+# The largest batch of images a benchmark or export builds (values, not bytes): 64 images of 1024x1024.
+MAX_IMAGE_VALUES = 64 * 3 * 1024 * 1024
+
+
+def check_image_size(hw: tuple[int, int], batch: int) -> None:
+    """Refuse, before allocating anything, a batch of images too large to handle here."""
+    values = batch * 3 * hw[0] * hw[1]
+    if values > MAX_IMAGE_VALUES:
+        raise CommandError(f"{batch} images of {hw[0]}x{hw[1]} are {values * 4 / 2**30:.1f} GiB of input; the limit is "
+                           f"{MAX_IMAGE_VALUES * 4 / 2**30:.2f} GiB (e.g. 64 images of 1024x1024)")
 
 
 def parse_duration(text: str) -> float:

@@ -11,16 +11,18 @@ from ..models.structure import parse_input_size
 from ..reporting import dumps, format_table, to_jsonable
 from ..sparse import compare_latency, set_gate_density
 from ..sparse.export import export_onnx
-from .common import CommandError, add_spec_arguments, check_device, positive_int, set_threads, spec_kwargs
+from .common import CommandError, add_spec_arguments, check_image_size, positive_int, set_threads, spec_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("sparse", help="the sparse inference engine: benchmarks, ONNX export")
     commands = group.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     p = commands.add_parser(
-        "bench", help="latency of the sparse engine vs the masked model and the static network",
-        description="Time the sparse engine, the masked model and the static torchvision network side by side "
-                    "(sequential blocks, fastest call) on random images, with the MACs ratio the masks realise.",
+        "bench", help="latency of the sparse engine vs the static network in eager PyTorch, ONNX Runtime and OpenVINO",
+        description="Time the sparse engine (ONNX Runtime and torch backends) and the static network (eager PyTorch "
+                    "NCHW and channels-last, ONNX Runtime, OpenVINO) side by side in one run (sequential blocks, "
+                    "fastest call) on random images, with the MACs ratio the masks realise and the efficiency "
+                    "(latency ratio to the fastest static runtime / MACs ratio).",
     )
     p.add_argument("model", nargs="?", help="model name (see `laudnet model list`); or give --checkpoint")
     p.add_argument("--checkpoint", default=None, help="a laudnet checkpoint; its trained maskers decide unless --density")
@@ -30,11 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=1, help="images per call (default 1)")
     p.add_argument("--input", default="224", help="input size: 224 or HxW such as 427x640")
     p.add_argument("--calibration-images", type=positive_int, default=8, help="random images --density is set on")
+    p.add_argument("--masked", action="store_true", help="also time the masked model (eager PyTorch)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each candidate before each block")
     p.add_argument("--calls", type=positive_int, default=5, help="timed calls per block")
     p.add_argument("--blocks", type=positive_int, default=3, help="blocks of each candidate; the fastest call counts")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads of every runtime (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random images")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=bench_command)
@@ -86,28 +88,31 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    device = check_device(args.device)
     threads = set_threads(args.threads)
-    model = _build(args).to(device).eval()
+    model = _build(args).eval()
     h, w = parse_input_size(args.input)
+    check_image_size((h, w), args.batch)
     generator = torch.Generator().manual_seed(args.seed)
-    images = torch.randn(max(args.batch, args.calibration_images), 3, h, w, generator=generator).to(device)
+    images = torch.randn(max(args.batch, args.calibration_images), 3, h, w, generator=generator)
     if args.density is not None:
         set_gate_density(model, args.density, images)
-    result = compare_latency(model, images[: args.batch], warmup=args.warmup, calls=args.calls, blocks=args.blocks)
+    result = compare_latency(model, images[: args.batch], measure_masked=args.masked, warmup=args.warmup,
+                             calls=args.calls, blocks=args.blocks)
     spec = model.dynamic_spec.describe()
+    summary = {"engine_ms": result.engine["onnxruntime"], "static_ms": result.static_ms,
+               "best_static": result.best_static, "engine_vs_static": result.engine_vs_static(),
+               "efficiency": result.efficiency()}
     if args.json:
-        print(dumps({"model": model.name, "spec": spec, "density": args.density, **to_jsonable(result),
-                     "engine_vs_static": result.engine_vs_static}))
+        print(dumps({"model": model.name, "spec": spec, "density": args.density, **to_jsonable(result), **summary}))
         return 0
     density = "the model's own gates" if args.density is None else f"density {args.density:g}"
-    print(f"{model.name}  {spec}  input {h}x{w}  batch {args.batch}  {density}  "
-          f"{threads} threads, fastest of {result.blocks} blocks of {result.calls} calls")
-    rows = [
-        ["sparse engine", result.engine_ms, result.engine_ms / result.static_ms],
-        ["masked model", result.masked_ms, result.masked_ms / result.static_ms],
-        [f"static ({result.static_model}, {result.static_layout})", result.static_ms, 1.0],
-    ]
-    print(format_table(["", "latency ms", "vs static"], rows))
-    print(f"MACs ratio realised: {result.macs_ratio:.3f}")
+    print(f"{model.name}  {spec}  input {h}x{w}  batch {args.batch}  {density}  {threads} threads, "
+          f"fastest of {result.blocks} blocks of {result.calls} calls")
+    rows = [[f"static, {name}", ms, ms / result.static_ms] for name, ms in result.static.items()]
+    rows += [[f"sparse engine, {name}", ms, ms / result.static_ms] for name, ms in result.engine.items()]
+    if result.masked_ms is not None:
+        rows.append(["masked model, eager", result.masked_ms, result.masked_ms / result.static_ms])
+    print(format_table(["", "latency ms", f"vs static {result.best_static}"], rows))
+    print(f"MACs ratio realised: {result.macs_ratio:.3f}; efficiency (engine/static latency / MACs ratio): "
+          f"{result.efficiency():.2f}")
     return 0

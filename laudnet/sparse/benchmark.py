@@ -1,26 +1,31 @@
-"""Measuring the engine against the masked model and the static network, side by side.
+"""Measuring the engine against the static network in the runtimes people deploy with, side by side.
 
-Latencies on a shared machine drift with its load, so the candidates are timed in the same
-run, in sequential blocks, and the fastest call of each is reported (:mod:`laudnet.timing`):
-a slow period then slows every candidate alike and their ratios stay meaningful.
+The static network (torchvision's where the architecture is torchvision's) runs in eager PyTorch
+(NCHW and channels-last), ONNX Runtime and OpenVINO; the engine in its backends. Everything is
+timed in the same run, in sequential blocks, and the fastest call of each is reported
+(:mod:`laudnet.timing`): a slow period of the machine slows every candidate alike, and no
+runtime's thread pool spins while another runs (ONNX Runtime's spinning is also disabled).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torchvision
 from torch import nn
 
+from ..errors import UsageError
 from ..models.backbone import DynamicBackbone
 from ..models.registry import create_model
-from ..errors import UsageError
 from ..timing import fastest_in_blocks
-from .executor import SparseModel, convert
+from .executor import convert
+from .export import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -29,34 +34,47 @@ _TORCHVISION_NEUTRAL = {
     "mode", "spatial_granularity", "channel_granularity", "channel_mask_placement", "masker_layers",
     "masker_reduction", "num_classes",
 }
+STATIC_RUNTIMES: tuple[str, ...] = ("eager", "eager_channels_last", "onnxruntime", "openvino")
+ENGINE_BACKENDS: tuple[str, ...] = ("onnxruntime", "torch")
 
 
 @dataclass
 class LatencyComparison:
-    """Fastest latencies (milliseconds per batch) measured in the same run, in sequential blocks.
+    """Fastest latencies (ms per batch) of the static network and the engine, measured in one run.
 
-    ``static_ms`` is the faster of the static network in NCHW and in channels-last layout
-    (``static_layout``); ``static_model`` names that network. ``macs_ratio`` is the realised
-    dynamic / dense MACs of the masked model on the timed input (mean over the batch).
-    ``masked_ms`` is ``None`` when the masked model was not timed.
+    ``static`` maps each static runtime to its latency, ``engine`` each engine backend;
+    ``macs_ratio`` is the realised dynamic / dense MACs on the timed images (mean over the batch).
+    ``best_static`` names the fastest static runtime.
     """
 
-    engine_ms: float
-    masked_ms: float | None
-    static_ms: float
-    static_layout: str
+    model: str
     static_model: str
-    macs_ratio: float
     batch: int
     input_hw: tuple[int, int]
     threads: int
-    blocks: int
-    calls: int
+    macs_ratio: float
+    static: dict[str, float]
+    engine: dict[str, float]
+    masked_ms: float | None = None
+    blocks: int = 3
+    calls: int = 5
 
     @property
-    def engine_vs_static(self) -> float:
-        """Engine latency over static latency (compare with ``macs_ratio``, the ideal)."""
-        return self.engine_ms / self.static_ms
+    def best_static(self) -> str:
+        return min(self.static, key=self.static.get)
+
+    @property
+    def static_ms(self) -> float:
+        """The fastest static runtime's latency: the baseline."""
+        return self.static[self.best_static]
+
+    def engine_vs_static(self, backend: str = "onnxruntime") -> float:
+        """Engine latency over the best static runtime's (compare with ``macs_ratio``, the ideal)."""
+        return self.engine[backend] / self.static_ms
+
+    def efficiency(self, backend: str = "onnxruntime") -> float:
+        """Latency ratio over MACs ratio: 1 means the engine saves time in proportion to the work it skips."""
+        return self.engine_vs_static(backend) / self.macs_ratio
 
 
 def static_reference(model: DynamicBackbone) -> tuple[nn.Module, str]:
@@ -83,48 +101,93 @@ def static_reference(model: DynamicBackbone) -> tuple[nn.Module, str]:
     return static.to(device=param.device, dtype=param.dtype).eval(), label
 
 
+def static_onnx(static: nn.Module, images: torch.Tensor) -> bytes:
+    """``static`` as an ONNX model (torch's exporter; any batch size), as a deployment would export it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "static.onnx")
+        torch.onnx.export(static, (images,), path, dynamo=False, opset_version=17, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def openvino_runner(onnx_model: bytes, threads: int) -> Callable[[object], object]:
+    """OpenVINO's CPU plugin (f32, latency hint) on an ONNX model: a function of a NumPy batch."""
+    import openvino as ov
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        with open(path, "wb") as handle:
+            handle.write(onnx_model)
+        compiled = core.compile_model(core.read_model(path), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda array: request.infer({0: array})
+
+
+def static_runners(static: nn.Module, images: torch.Tensor, threads: int,
+                   runtimes: Sequence[str] = STATIC_RUNTIMES) -> dict[str, Callable[[], object]]:
+    """A call of the static network in each runtime on ``images``."""
+    array = images.detach().cpu().float().contiguous().numpy()
+    runners: dict[str, Callable[[], object]] = {}
+    if "eager" in runtimes:
+        runners["eager"] = lambda: static(images)
+    if "eager_channels_last" in runtimes:
+        channels_last = copy.deepcopy(static).to(memory_format=torch.channels_last)
+        images_cl = images.contiguous(memory_format=torch.channels_last)
+        runners["eager_channels_last"] = lambda: channels_last(images_cl)
+    if {"onnxruntime", "openvino"} & set(runtimes):
+        exported = static_onnx(static, images)
+        if "onnxruntime" in runtimes:
+            session = ort_session(exported, threads)
+            runners["onnxruntime"] = lambda: session.run(None, {"images": array})
+        if "openvino" in runtimes:
+            run = openvino_runner(exported, threads)
+            runners["openvino"] = lambda: run(array)
+    return runners
+
+
 @torch.no_grad()
 def compare_latency(
     model: DynamicBackbone,
     images: torch.Tensor,
-    engine: SparseModel | None = None,
+    *,
+    backends: Sequence[str] = ENGINE_BACKENDS,
+    runtimes: Sequence[str] = STATIC_RUNTIMES,
+    measure_masked: bool = False,
     warmup: int = 2,
     calls: int = 5,
     blocks: int = 3,
-    measure_masked: bool = True,
 ) -> LatencyComparison:
-    """Time the engine, the masked model and the static network on ``images`` side by side
-    (``blocks`` rounds of ``calls`` timed calls each, after ``warmup`` calls; see :mod:`laudnet.timing`).
+    """Time the engine's ``backends``, the static network in ``runtimes`` (and the masked model) on ``images``,
+    side by side (``blocks`` rounds of ``calls`` timed calls each, after ``warmup`` calls per block).
 
-    ``engine`` defaults to ``convert(model)``; pass one to reuse it across masks (it shares
-    the model's maskers). The masks are whatever the model's maskers decide on ``images``.
+    The masks are whatever the model's maskers decide on ``images``.
     """
     model.eval()
-    engine = engine if engine is not None else convert(model, backend="torch")
+    threads = torch.get_num_threads()
     static, label = static_reference(model)
-    static_cl = copy.deepcopy(static).to(memory_format=torch.channels_last)
-    images_cl = images.contiguous(memory_format=torch.channels_last)
-    ratio = float(model(images, return_stats=True).stats.macs_ratio.mean())
-    functions: dict[str, Callable[[], object]] = {
-        "engine": lambda: engine(images),
-        "static_nchw": lambda: static(images),
-        "static_channels_last": lambda: static_cl(images_cl),
-    }
+    functions = {f"static/{name}": fn for name, fn in static_runners(static, images, threads, runtimes).items()}
+    for backend in backends:
+        engine = convert(model, backend=backend, threads=threads)
+        engine(images)  # builds the ONNX Runtime session for this input size
+        functions[f"engine/{backend}"] = lambda engine=engine: engine(images)
     if measure_masked:
         functions["masked"] = lambda: model(images)
+    ratio = float(model(images, return_stats=True).stats.macs_ratio.mean())
     times = fastest_in_blocks(functions, blocks=blocks, calls=calls, warmup=warmup, device=images.device)
-    layout = "nchw" if times["static_nchw"] <= times["static_channels_last"] else "channels_last"
     log.debug("latencies (ms): %s", times)
     return LatencyComparison(
-        engine_ms=times["engine"],
-        masked_ms=times.get("masked"),
-        static_ms=min(times["static_nchw"], times["static_channels_last"]),
-        static_layout=layout,
+        model=getattr(model, "name", type(model).__name__),
         static_model=label,
-        macs_ratio=ratio,
         batch=int(images.shape[0]),
         input_hw=(int(images.shape[-2]), int(images.shape[-1])),
-        threads=torch.get_num_threads(),
+        threads=threads,
+        macs_ratio=ratio,
+        static={k.split("/", 1)[1]: v for k, v in times.items() if k.startswith("static/")},
+        engine={k.split("/", 1)[1]: v for k, v in times.items() if k.startswith("engine/")},
+        masked_ms=times.get("masked"),
         blocks=blocks,
         calls=calls,
     )
