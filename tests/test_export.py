@@ -60,6 +60,20 @@ def test_exported_graph_decides_and_equals_the_masked_model(name, mode, kwargs, 
     assert executed_macs(onnx.load(path), images) == pytest.approx(float(want.stats.dynamic_macs.sum()), rel=1e-9)
 
 
+def test_blocks_whose_channels_are_all_off_add_the_bias_at_their_computed_positions_only():
+    model = _model("laud_resnet50", "both", channel_granularity=2)
+    for _, block in model.named_dynamic_blocks():
+        decision = block.masker_channel.layers[-1]
+        with torch.no_grad():
+            decision.bias[: decision.out_features // 2] = -1e4  # every channel group off, positions as decided
+    images = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(images, return_stats=True)
+    assert bool((want.stats.blocks[0].spatial_mask.float().mean() < 1).all())
+    got = ort_session(export_model(model, images)).run(None, {"images": images.numpy()})[0]
+    assert _relative(got, want.logits) <= 1e-4
+
+
 def test_masks_are_decided_in_the_graph_per_image():
     model = _model("laud_resnet50", "spatial", spatial_granularity=2)
     graph = export_model(model, torch.zeros(1, 3, *SIZE))

@@ -140,7 +140,7 @@ def test_engine_is_inference_only():
 def test_static_models_and_unknown_models():
     model = _build("laud_regnet_y_400mf", "static")
     _check(model, convert(model, backend="torch"), torch.randn(2, 3, 64, 80))
-    with pytest.raises(ValueError, match="LAUD-ResNet or LAUD-RegNetY"):
+    with pytest.raises(ValueError, match="expected a LAUD model or a detector"):
         convert(torch.nn.Linear(2, 2))
 
 

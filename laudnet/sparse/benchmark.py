@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -101,18 +102,22 @@ def static_reference(model: DynamicBackbone) -> tuple[nn.Module, str]:
     return static.to(device=param.device, dtype=param.dtype).eval(), label
 
 
-def static_onnx(static: nn.Module, images: torch.Tensor) -> bytes:
-    """``static`` as an ONNX model (torch's exporter; any batch size), as a deployment would export it."""
+def static_onnx(static: nn.Module, images: torch.Tensor, outputs: Sequence[str] = ("logits",)) -> bytes:
+    """``static`` as an ONNX model (torch's exporter; any batch size), as a deployment would export it.
+
+    ``outputs`` names the module's outputs (one for a classifier, one per stage for a feature extractor).
+    """
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "static.onnx")
         torch.onnx.export(static, (images,), path, dynamo=False, opset_version=17, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+                          output_names=list(outputs), dynamic_axes={"images": {0: "batch"}})
         with open(path, "rb") as handle:
             return handle.read()
 
 
-def openvino_runner(onnx_model: bytes, threads: int) -> Callable[[object], object]:
-    """OpenVINO's CPU plugin (f32, latency hint) on an ONNX model: a function of a NumPy batch."""
+def openvino_runner(onnx_model: bytes, threads: int) -> Callable[[object], list]:
+    """OpenVINO's CPU plugin (f32, latency hint) on an ONNX model: a function of a NumPy batch
+    returning the outputs in order."""
     import openvino as ov
 
     core = ov.Core()
@@ -123,29 +128,53 @@ def openvino_runner(onnx_model: bytes, threads: int) -> Callable[[object], objec
         compiled = core.compile_model(core.read_model(path), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
-    return lambda array: request.infer({0: array})
+
+    def run(array):
+        result = request.infer({0: array})
+        return [result[output] for output in compiled.outputs]
+
+    return run
+
+
+def static_functions(static: nn.Module, example: torch.Tensor, threads: int, runtimes: Sequence[str] = STATIC_RUNTIMES,
+                     outputs: Sequence[str] = ("logits",)) -> dict[str, Callable[[torch.Tensor], list[torch.Tensor]]]:
+    """The static network in each runtime: a function of an image batch returning its outputs (CPU tensors).
+
+    ``example`` (a batch like the ones to come) is what the ONNX export traces.
+    """
+    unknown = sorted(set(runtimes) - set(STATIC_RUNTIMES))
+    if unknown:
+        raise UsageError(f"unknown static runtime {', '.join(unknown)}; accepted: {', '.join(STATIC_RUNTIMES)}")
+
+    def eager(module: nn.Module, memory_format: torch.memory_format):
+        def run(x: torch.Tensor) -> list[torch.Tensor]:
+            out = module(x.contiguous(memory_format=memory_format))
+            return list(out.values()) if isinstance(out, dict) else [out]
+        return run
+
+    def numpy_runner(run_arrays: Callable[[object], list]):
+        return lambda x: [torch.from_numpy(a) for a in run_arrays(x.detach().cpu().float().contiguous().numpy())]
+
+    functions: dict[str, Callable[[torch.Tensor], list[torch.Tensor]]] = {}
+    if "eager" in runtimes:
+        functions["eager"] = eager(static, torch.contiguous_format)
+    if "eager_channels_last" in runtimes:
+        functions["eager_channels_last"] = eager(copy.deepcopy(static).to(memory_format=torch.channels_last),
+                                                 torch.channels_last)
+    if {"onnxruntime", "openvino"} & set(runtimes):
+        exported = static_onnx(static, example, outputs)
+        if "onnxruntime" in runtimes:
+            session = ort_session(exported, threads)
+            functions["onnxruntime"] = numpy_runner(lambda array: session.run(None, {"images": array}))
+        if "openvino" in runtimes:
+            functions["openvino"] = numpy_runner(openvino_runner(exported, threads))
+    return functions
 
 
 def static_runners(static: nn.Module, images: torch.Tensor, threads: int,
                    runtimes: Sequence[str] = STATIC_RUNTIMES) -> dict[str, Callable[[], object]]:
-    """A call of the static network in each runtime on ``images``."""
-    array = images.detach().cpu().float().contiguous().numpy()
-    runners: dict[str, Callable[[], object]] = {}
-    if "eager" in runtimes:
-        runners["eager"] = lambda: static(images)
-    if "eager_channels_last" in runtimes:
-        channels_last = copy.deepcopy(static).to(memory_format=torch.channels_last)
-        images_cl = images.contiguous(memory_format=torch.channels_last)
-        runners["eager_channels_last"] = lambda: channels_last(images_cl)
-    if {"onnxruntime", "openvino"} & set(runtimes):
-        exported = static_onnx(static, images)
-        if "onnxruntime" in runtimes:
-            session = ort_session(exported, threads)
-            runners["onnxruntime"] = lambda: session.run(None, {"images": array})
-        if "openvino" in runtimes:
-            run = openvino_runner(exported, threads)
-            runners["openvino"] = lambda: run(array)
-    return runners
+    """A call of the static classifier in each runtime on ``images``."""
+    return {name: partial(fn, images) for name, fn in static_functions(static, images, threads, runtimes).items()}
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from ..models.family import family_of
 from ..models.structure import ModelShape
 from .bottleneck import SparseBlock
 from .folding import fold_conv_bn
-from .kernels import Kernels, Shape, TorchKernels
+from .kernels import Kernels, RecordingKernels, Shape, TorchKernels
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,28 @@ class SparseModel(nn.Module):
         self.kernels = kernels if kernels is not None else TorchKernels()
         self.name = getattr(model, "name", type(model).__name__)
 
+    @property
+    def records_stats(self) -> bool:
+        """Whether each run leaves the blocks' statistics in the model (:class:`~.kernels.RecordingKernels`)."""
+        return isinstance(self.kernels, RecordingKernels)
+
     def train(self, mode: bool = True) -> "SparseModel":
         if mode:
             raise UsageError("SparseModel is inference-only: train the LAUD model and convert it again")
         return super().train(False)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output (channels-last) for images ``x`` of shape ``(B, 3, H, W)``: what a detector's
+        feature pyramid reads."""
+        k = self.kernels
+        x = self.program.stem(k, x)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(k, x)
+            if i + 1 == len(self.blocks) or self.blocks[i + 1].source.stage != block.source.stage:
+                outputs.append(x)
+        return outputs
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,11 +120,20 @@ class SparseModel(nn.Module):
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "triton")
 
+# Converters of models that are not CNN backbones (detectors, other families): (accepts, build).
+_CONVERTERS: list[tuple[Callable[[nn.Module], bool], Callable[..., nn.Module]]] = []
 
-def convert(model: DynamicBackbone, backend: str = "auto", threads: int | None = None) -> nn.Module:
+
+def register_converter(accepts: Callable[[nn.Module], bool], build: Callable[..., nn.Module]) -> None:
+    """Let :func:`convert` build the engine of models ``accepts`` recognises with ``build(model, backend, threads)``."""
+    _CONVERTERS.append((accepts, build))
+
+
+def convert(model: nn.Module, backend: str = "auto", threads: int | None = None) -> nn.Module:
     """Build the sparse engine of a LAUD model (trained or not); same logits as ``model.eval()``.
 
-    ``backend``: ``torch`` (this module: any device, plain torch operations), ``onnxruntime``
+    Detectors built by :func:`laudnet.detection.build_detector` convert too (their backbone runs on
+    the engine). ``backend``: ``torch`` (this module: any device, plain torch operations), ``onnxruntime``
     (the graph of :mod:`.lowering` in an ONNX Runtime session on the CPU, built per input size, with
     ``threads`` threads), ``triton`` (CUDA kernels, :mod:`.triton`) or ``auto``: ``triton`` for a
     model on a GPU, ``onnxruntime`` on the CPU. The model is switched to eval mode and keeps
@@ -115,10 +142,15 @@ def convert(model: DynamicBackbone, backend: str = "auto", threads: int | None =
     :class:`~laudnet.errors.UsageError` for a model the engine cannot run exactly (e.g.
     ``channel_mask_placement="before_bn"``).
     """
-    if not isinstance(model, DynamicBackbone):
-        raise UsageError(f"convert: expected a LAUD-ResNet or LAUD-RegNetY model, got {type(model).__name__}")
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    from . import vit  # noqa: F401  (registers the LAUD-ViT engine; imported here, it imports this module)
+
+    for accepts, build in _CONVERTERS:
+        if accepts(model):
+            return build(model, backend, threads)
+    if not isinstance(model, DynamicBackbone):
+        raise UsageError(f"convert: expected a LAUD model or a detector with a LAUD backbone, got {type(model).__name__}")
     model.eval()
     on_gpu = next(model.parameters()).is_cuda
     if backend == "auto":

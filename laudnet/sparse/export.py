@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,8 @@ def session_options(threads: int | None = None, profile: bool = False, layout: b
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     options.enable_profiling = profile
+    if profile:  # the profile is a file; under the temporary folder, not wherever the user runs from
+        options.profile_file_prefix = os.path.join(tempfile.gettempdir(), "laudnet_ort_profile")
     return options
 
 
@@ -147,33 +150,43 @@ def _batch_of(graph: onnx.ModelProto) -> int | None:
 class OrtEngine(nn.Module):
     """A LAUD model's sparse engine run by ONNX Runtime on the CPU.
 
-    The maskers decide inside the graph. A graph is built (and checked against nothing: build it
-    with :func:`export_onnx` to check) for each input size and batch kind the engine meets: any
-    batch size where the model allows it, else one graph per image.
+    The maskers decide inside the graph. A graph is built for each input size the engine meets
+    (on first use; :func:`export_onnx` builds one and checks it): for any batch size where the model
+    allows it, else for one image at a time. It records no block statistics (the masks stay in the graph).
     """
+
+    records_stats = False
 
     def __init__(self, model: DynamicBackbone, threads: int | None = None) -> None:
         super().__init__()
         self._model = (model.eval(),)  # not a submodule: the engine holds no parameters of its own
         self.threads = threads
         self.name = getattr(model, "name", type(model).__name__)
-        self._sessions: dict[tuple[int, int], tuple[object, int | None]] = {}
+        self._sessions: dict[tuple[tuple[int, int], bool], tuple[object, int | None]] = {}
 
-    def session(self, input_hw: tuple[int, int]):
+    def session(self, input_hw: tuple[int, int], features: bool = False):
         """The ONNX Runtime session for images of ``input_hw`` (built on first use) and its fixed batch."""
-        if input_hw not in self._sessions:
-            graph = export_model(self._model[0], torch.zeros(1, 3, *input_hw))
-            self._sessions[input_hw] = (ort_session(graph, self.threads), _batch_of(graph))
-        return self._sessions[input_hw]
+        key = (input_hw, features)
+        if key not in self._sessions:
+            graph = lower(SparseModel(self._model[0]), input_hw, None, features=features)
+            self._sessions[key] = (ort_session(graph, self.threads), _batch_of(graph))
+        return self._sessions[key]
+
+    def _run(self, x: torch.Tensor, features: bool) -> list[torch.Tensor]:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise UsageError(f"expected a (B, 3, H, W) batch of images, got shape {tuple(x.shape)}")
+        session, batch = self.session((int(x.shape[2]), int(x.shape[3])), features)
+        array = x.detach().cpu().float().contiguous().numpy()
+        chunks = [array] if batch is None else [array[i:i + 1] for i in range(array.shape[0])]
+        results = [session.run(None, {INPUT: chunk}) for chunk in chunks]
+        return [torch.from_numpy(np.concatenate(parts)) for parts in zip(*results)]
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output (NCHW) for images ``x`` of shape ``(B, 3, H, W)``."""
+        return self._run(x, features=True)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for images ``x`` of shape ``(B, 3, H, W)``."""
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise UsageError(f"expected a (B, 3, H, W) batch of images, got shape {tuple(x.shape)}")
-        session, batch = self.session((int(x.shape[2]), int(x.shape[3])))
-        array = x.detach().cpu().float().contiguous().numpy()
-        if batch is None:
-            return torch.from_numpy(session.run([OUTPUT], {INPUT: array})[0])
-        return torch.cat([torch.from_numpy(session.run([OUTPUT], {INPUT: array[i:i + 1]})[0])
-                          for i in range(array.shape[0])])
+        return self._run(x, features=False)[0]

@@ -121,5 +121,6 @@ def _untyped(name: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
 
 
-def tensor_input(name: str, shape: Sequence[int | str | None], dtype=np.float32) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, _DTYPES[np.dtype(dtype)], list(shape))
+def tensor_input(name: str, shape: Sequence[int | str | None] | None, dtype=np.float32) -> onnx.ValueInfoProto:
+    """A graph input or output (``shape`` ``None``: left to inference)."""
+    return helper.make_tensor_value_info(name, _DTYPES[np.dtype(dtype)], None if shape is None else list(shape))

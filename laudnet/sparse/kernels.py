@@ -348,6 +348,17 @@ class TorchKernels(Kernels):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
+class RecordingKernels(TorchKernels):
+    """:class:`TorchKernels` that also leave each block's statistics in the model's block (``last_stats``),
+    as the masked model does: what detection's evaluation and sparsity reports read."""
+
+    @staticmethod
+    def compute_masks(role: str, program: Any, x: torch.Tensor) -> Any:
+        masks = program.source.compute_masks(x)
+        program.source.last_stats = program.source.statistics(masks, x)
+        return masks
+
+
 @dataclass(frozen=True)
 class Shape:
     """A tensor of :class:`ShapeKernels`: its sizes, whether it is a parameter, and what the

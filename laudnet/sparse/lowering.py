@@ -16,10 +16,11 @@ and channels are found with ``NonZero``, and
   selection is contiguous rows) and the products run on them;
 * **both**: the spatial path on the active channels.
 
-Activations are NCHW between blocks, and dense work is plain ``Conv`` s, so that ONNX Runtime runs
-it in its blocked layout with the bias, ReLU and residual sum fused (as it runs the static
-model); sparse and channel-sliced work runs as products on NHWC rows (a transpose in and out of
-the block; OpenVINO convolves with constant weights only). Every node is named after its block
+Static and whole-block-gated blocks take NCHW activations and run plain ``Conv`` s, so that ONNX
+Runtime runs them in its blocked layout with the bias, ReLU and residual sum fused (as it runs the
+static model); blocks that gather positions or channels run products on NHWC rows and pass rows
+on, so a transpose runs only where the kind of block changes (OpenVINO convolves with constant
+weights only; at detection sizes a transpose costs as much as a 1×1 conv). Every node is named after its block
 and part (``layer2.0/conv1/...``). Batch: any size for static, spatial and layer models; 1 where
 channel masks are (samples with different channel masks cannot share the gathered weights).
 Image size: any for static and layer models, else the size given at export (the mask geometry
@@ -47,15 +48,32 @@ INPUT, OUTPUT = "images", "logits"
 
 @dataclass(frozen=True)
 class Feature:
-    """An NCHW activation ``(B, C, H, W)`` in the graph and its static sizes."""
+    """An activation in the graph and its static sizes: NCHW ``(B, C, H, W)``, or with ``rows`` NHWC rows
+    ``(B·H·W, C)`` (what the sparse products gather from and scatter into)."""
 
     value: str
     hw: tuple[int, int]
     channels: int
+    rows: bool = False
 
     @property
     def positions(self) -> int:
         return self.hw[0] * self.hw[1]
+
+
+def as_rows(g: Graph, x: Feature) -> Feature:
+    """``x`` as NHWC rows (a transpose where it is NCHW)."""
+    if x.rows:
+        return x
+    return Feature(g.Reshape(g.Transpose(x.value, perm=[0, 2, 3, 1]), g.ints(-1, x.channels)), x.hw, x.channels, True)
+
+
+def as_nchw(g: Graph, x: Feature) -> Feature:
+    """``x`` as NCHW (a transpose where it is rows)."""
+    if not x.rows:
+        return x
+    image = g.Transpose(g.Reshape(x.value, g.ints(-1, x.hw[0], x.hw[1], x.channels)), perm=[0, 3, 1, 2])
+    return Feature(image, x.hw, x.channels, False)
 
 
 @dataclass(frozen=True)
@@ -72,8 +90,9 @@ def _np(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().float().contiguous().numpy()
 
 
-def lower(engine: SparseModel, input_hw: tuple[int, int], batch: int | None) -> onnx.ModelProto:
-    """The ONNX model of ``engine`` for ``(B, 3, H, W)`` images (``batch`` None: any batch size)."""
+def lower(engine: SparseModel, input_hw: tuple[int, int], batch: int | None, features: bool = False) -> onnx.ModelProto:
+    """The ONNX model of ``engine`` for ``(B, 3, H, W)`` images (``batch`` None: any batch size): its logits,
+    or with ``features`` the output of every stage (``stage1`` … ``stage4``, what a detector's pyramid reads)."""
     needs_one = any(block.source.masker_channel is not None for block in engine.blocks)
     if needs_one and batch not in (None, 1):
         raise UsageError(f"a model with channel masks exports for batch 1 only, got batch {batch}")
@@ -81,17 +100,33 @@ def lower(engine: SparseModel, input_hw: tuple[int, int], batch: int | None) -> 
         batch = 1
     g = Graph()
     x = _stem(g, engine, input_hw)
-    for block in engine.blocks:
+    stages = []
+    for i, block in enumerate(engine.blocks):
         with g.scope(block.name):
-            x = BlockLowering(g, block, batch).lower(x)
-    with g.scope("head"):
-        pooled = g.ReduceMean(x.value, axes=[2, 3], keepdims=0)
-        logits = g.Gemm(pooled, g.const(_np(engine.fc_weight), hint="fc"), g.const(_np(engine.fc_bias)), transB=1)
-    g.nodes.append(onnx.helper.make_node("Identity", [logits], [OUTPUT], name=OUTPUT))
+            lowering = BlockLowering(g, block, batch)
+            x = lowering.lower(as_rows(g, x) if lowering.takes_rows(x.hw) else as_nchw(g, x))
+        if i + 1 == len(engine.blocks) or engine.blocks[i + 1].source.stage != block.source.stage:
+            stages.append(x)
     batch_dim = batch if batch is not None else "batch"
     size = ["height", "width"] if symbolic_size(engine) else list(input_hw)
+    if features:
+        names = [stage_output(i) for i in range(len(stages))]
+        for stage, name in zip(stages, names):
+            with g.scope(name):
+                value = as_nchw(g, stage).value
+            g.nodes.append(onnx.helper.make_node("Identity", [value], [name], name=name))
+        return g.model([tensor_input(INPUT, [batch_dim, 3, *size])], [tensor_input(n, None) for n in names])
+    with g.scope("head"):
+        pooled = mean_over_positions(g, x)
+        logits = g.Gemm(pooled, g.const(_np(engine.fc_weight), hint="fc"), g.const(_np(engine.fc_bias)), transB=1)
+    g.nodes.append(onnx.helper.make_node("Identity", [logits], [OUTPUT], name=OUTPUT))
     return g.model([tensor_input(INPUT, [batch_dim, 3, *size])],
                    [tensor_input(OUTPUT, [batch_dim, engine.fc_weight.shape[0]])])
+
+
+def stage_output(stage: int) -> str:
+    """The graph output holding stage ``stage`` (from 0)'s features."""
+    return f"stage{stage + 1}"
 
 
 def symbolic_size(engine: SparseModel) -> bool:
@@ -100,6 +135,14 @@ def symbolic_size(engine: SparseModel) -> bool:
     return all(not block.program.shape.spec.has_channel and
                (not block.program.shape.spec.has_spatial or block.program.shape.spec.mode == "layer")
                for block in engine.blocks)
+
+
+def mean_over_positions(g: Graph, x: Feature) -> str:
+    """Each sample's mean over its positions ``(B, C)`` (reductions over trailing or middle axes: ONNX
+    Runtime's fast ones)."""
+    if x.rows:
+        return g.ReduceMean(g.Reshape(x.value, g.ints(-1, x.positions, x.channels)), axes=[1], keepdims=0)
+    return g.ReduceMean(x.value, axes=[2, 3], keepdims=0)
 
 
 def _stem(g: Graph, engine: SparseModel, input_hw: tuple[int, int]) -> Feature:
@@ -136,13 +179,6 @@ class BlockLowering:
         weight = weight.t() if name in ("w3", "wp") else weight
         return self.g.const(_np(weight)[:, :, None, None], hint=name)
 
-    def nhwc_rows(self, x: Feature) -> str:
-        return self.g.Reshape(self.g.Transpose(x.value, perm=[0, 2, 3, 1]), self.g.ints(-1, x.channels))
-
-    def nchw(self, rows: str, hw: tuple[int, int], channels: int) -> Feature:
-        image = self.g.Transpose(self.g.Reshape(rows, self.g.ints(-1, hw[0], hw[1], channels)), perm=[0, 3, 1, 2])
-        return Feature(image, hw, channels)
-
     def gemm(self, a: str, b: str, c: str, relu: bool = False, trans_b: bool = False) -> str:
         """``act(a @ b + c)``; ONNX Runtime's FusedGemm adds the ReLU in the same pass."""
         attributes = {"transB": 1} if trans_b else {}
@@ -154,11 +190,24 @@ class BlockLowering:
         return conv_output_hw(hw, 3, self.shape.stride, 1)
 
     def output(self, value: str, x: Feature) -> Feature:
-        return Feature(value, self.out_hw(x.hw), self.shape.out_channels)
+        return Feature(value, self.out_hw(x.hw), self.shape.out_channels, x.rows)
+
+    def takes_rows(self, in_hw: tuple[int, int]) -> bool:
+        """Whether the block runs on NHWC rows: where it gathers positions or channels. Consecutive such
+        blocks pass rows on, so no transpose runs between them; static and whole-block-gated blocks
+        convolve NCHW (ONNX Runtime's blocked layout, bias, ReLU and residual sum fused)."""
+        spec = self.spec
+        if spec.has_channel:
+            return True
+        return (spec.has_spatial and spec.mode != "layer"
+                and _grid(self.out_hw(in_hw), spec.spatial_granularity) != (1, 1))
 
     def batch_size(self, x: Feature) -> str:
         """The batch size ``(1,)`` (a constant where it is fixed)."""
-        return self.g.ints(self.batch) if self.batch else self.g.Gather(self.g.Shape(x.value), self.g.ints(0))
+        if self.batch:
+            return self.g.ints(self.batch)
+        first = self.g.Gather(self.g.Shape(x.value), self.g.ints(0))
+        return self.g.Div(first, self.g.ints(x.positions)) if x.rows else first
 
     def within(self, sub: Graph, build) -> str:
         """Build with ``sub`` (an ``If`` branch) as the current graph."""
@@ -193,17 +242,12 @@ class BlockLowering:
         conv1, conv3 = self.pixel_masks(x, grid, out_hw)
         with g.scope("masker"):
             positions = g.Reshape(g.NonZero(conv3), g.ints(-1))
-            count = g.Shape(positions)
-            every = g.Mul(self.batch_size(x), g.ints(out_hw[0] * out_hw[1]))
+        # Where every position computes, the same gathered products (on rows there is no faster dense path).
         value = self.branch(
-            self.is_count(count, every),
-            lambda: self.with_channels(x, shortcut, channels, lambda ch: self.dense(x, ch, shortcut)).value,
-            lambda: self.branch(
-                self.is_count(count, g.ints(0)),
-                lambda: self.skipped(x, shortcut).value,
-                lambda: self.with_channels(x, shortcut, channels,
-                                           lambda ch: self.spatial(x, shortcut, conv1, positions, ch)).value,
-            ),
+            self.is_count(g.Shape(positions), g.ints(0)),
+            lambda: self.skipped(x, shortcut).value,
+            lambda: self.with_channels(x, shortcut, channels,
+                                       lambda ch: self.spatial(x, shortcut, conv1, positions, ch), positions).value,
         )
         return self.output(value, x)
 
@@ -242,7 +286,7 @@ class BlockLowering:
         """One decision per sample (layer skipping, or a spatial masker with a single cell): ``(B, 1)`` bool."""
         g, conv = self.g, self.block.source.masker_spatial.conv
         with g.scope("masker"):
-            pooled = g.ReduceMean(x.value, axes=[2, 3], keepdims=0)
+            pooled = mean_over_positions(g, x)
             logits = g.Gemm(pooled, g.const(_np(conv.weight.flatten(1)), hint="masker"), g.const(_np(conv.bias)),
                             transB=1)
             return self.decide(logits, 1, axis=1)
@@ -255,16 +299,16 @@ class BlockLowering:
         return g.GreaterOrEqual(on, off)
 
     def pixel_masks(self, x: Feature, grid: tuple[int, int], out_hw: tuple[int, int]) -> tuple[str, str]:
-        """The spatial masker's cells as pixel masks: conv1's (input) and conv3's (output), flat bool."""
+        """The spatial masker's cells (on rows ``x``) as pixel masks: conv1's (input) and conv3's (output), flat bool."""
         g, conv = self.g, self.block.source.masker_spatial.conv
         s, stride = self.spec.spatial_granularity, self.shape.stride
         with g.scope("masker"):
             pooled = x.value if grid == x.hw else _adaptive_mean(g, x, grid)
+            cells_of = g.Reshape(pooled, g.ints(-1, grid[0] * grid[1], x.channels))
             # A product, not a 1x1 Conv: a blocked-layout conv would pad the two logits to a channel block.
-            logits = g.Add(g.MatMul(g.const(_np(conv.weight.flatten(1)), hint="masker"),
-                                    g.Reshape(pooled, g.ints(0, x.channels, grid[0] * grid[1]))),
-                           g.const(_np(conv.bias)[:, None]))
-            cells = g.Reshape(self.decide(logits, 1, axis=1), g.ints(-1, *grid))
+            logits = g.Add(g.MatMul(cells_of, g.const(_np(conv.weight.flatten(1).t()), hint="masker")),
+                           g.const(_np(conv.bias)))
+            cells = g.Reshape(self.decide(logits, 1, axis=2), g.ints(-1, *grid))
             cells = g.Cast(cells, to=onnx.TensorProto.FLOAT)
             pixels = g.Gather(g.Gather(cells, g.ints(*[y // s for y in range(out_hw[0])]), axis=1),
                               g.ints(*[c // s for c in range(out_hw[1])]), axis=2)
@@ -284,7 +328,7 @@ class BlockLowering:
         g, masker = self.g, self.block.source.masker_channel
         linears = [m for m in masker.layers if isinstance(m, torch.nn.Linear)]
         with g.scope("masker"):
-            h = g.ReduceMean(x.value, axes=[2, 3], keepdims=0)
+            h = mean_over_positions(g, x)
             for i, layer in enumerate(linears):
                 h = self.gemm(h, g.const(_np(layer.weight), hint="masker"), g.const(_np(layer.bias)),
                               relu=i < len(linears) - 1, trans_b=True)
@@ -297,37 +341,54 @@ class BlockLowering:
             return ChannelSelection(index, groups, conv_groups, g.Shape(index))
 
     # -- dense paths (NCHW) -------------------------------------------------------------------------
-    def with_channels(self, x: Feature, shortcut: str, channels: ChannelSelection | None, path) -> Feature:
-        """``path(channels)``, except that a block whose channels are all off adds conv3's bias only."""
+    def with_channels(self, x: Feature, shortcut: str, channels: ChannelSelection | None, path,
+                      positions: str | None = None) -> Feature:
+        """``path(channels)``, except that a block whose channels are all off adds conv3's bias only
+        (at ``positions`` where only those compute)."""
         if channels is None:
             return path(None)
         value = self.branch(self.is_count(channels.count, self.g.ints(0)),
-                            lambda: self.skipped(x, shortcut, with_bias=True).value, lambda: path(channels).value)
+                            lambda: self.skipped(x, shortcut, with_bias=True, positions=positions).value,
+                            lambda: path(channels).value)
         return self.output(value, x)
 
     def shortcut(self, x: Feature) -> str:
-        """The shortcut (NCHW): the strided projection, or ``x`` itself."""
+        """The shortcut, in ``x``'s layout: the strided projection, or ``x`` itself."""
+        g, stride = self.g, self.shape.stride
         if not self.shape.has_projection:
             return x.value
-        with self.g.scope("projection"):
-            return self.g.Conv(x.value, self.conv_weight("wp"), self.w("bp"), kernel_shape=[1, 1],
-                               strides=[self.shape.stride] * 2)
+        with g.scope("projection"):
+            if not x.rows:
+                return g.Conv(x.value, self.conv_weight("wp"), self.w("bp"), kernel_shape=[1, 1], strides=[stride] * 2)
+            rows = x.value
+            if stride > 1:  # the rows a strided 1x1 conv reads
+                image = g.Reshape(rows, g.ints(-1, x.hw[0], x.hw[1], x.channels))
+                picked = g.Slice(image, g.ints(0, 0), g.ints(x.hw[0], x.hw[1]), g.ints(1, 2), g.ints(stride, stride))
+                rows = g.Reshape(picked, g.ints(-1, x.channels))
+            return self.gemm(rows, self.w("wp"), self.w("bp"))
 
-    def skipped(self, x: Feature, shortcut: str, with_bias: bool = False) -> Feature:
-        """The branch does not run: ``relu(shortcut)`` (with conv3's bias where only the channels are off)."""
+    def skipped(self, x: Feature, shortcut: str, with_bias: bool = False, positions: str | None = None) -> Feature:
+        """The branch does not run: ``relu(shortcut)`` (with conv3's bias where only the channels are off,
+        at the computed ``positions`` of rows where given)."""
         g = self.g
+        if positions is not None:
+            base = g.Relu(shortcut) if self.shape.has_projection else shortcut
+            values = g.Relu(g.Add(g.Gather(shortcut, positions, axis=0), self.w("b3")))
+            return self.output(g.ScatterND(base, g.Unsqueeze(positions, g.ints(1)), values), x)
         value = shortcut
         if with_bias:
-            value = g.Add(value, g.const(_np(self.block.b3)[:, None, None], hint="b3"))
+            bias = _np(self.block.b3)
+            value = g.Add(value, g.const(bias if x.rows else bias[:, None, None], hint="b3"))
         if self.shape.has_projection or with_bias:
             value = g.Relu(value)  # an identity shortcut is a ReLU's output already
         return self.output(value, x)
 
     def dense(self, x: Feature, channels: ChannelSelection | None, shortcut: str) -> Feature:
-        """Every position computes (on the active channels: products on rows with gathered weights, since
-        OpenVINO convolves with constant weights only and the active conv groups vary)."""
+        """Every position computes: NCHW convolutions, or on rows (and on the active channels) products
+        (with gathered weights, since OpenVINO convolves with constant weights only and the active conv
+        groups vary)."""
         g, s = self.g, self.shape
-        if channels is not None:
+        if channels is not None or x.rows:
             return self.spatial(x, shortcut, None, None, channels)
         with g.scope("conv1"):
             h1 = g.Relu(g.Conv(x.value, self.conv_weight("w1"), self.w("b1"), kernel_shape=[1, 1]))
@@ -362,12 +423,12 @@ class BlockLowering:
 
     def spatial(self, x: Feature, shortcut: str, conv1_mask: str | None, positions: str | None,
                 channels: ChannelSelection | None) -> Feature:
-        """conv1 where conv2 reads, conv2 and conv3 at ``positions`` (every position where ``None``)."""
+        """conv1 where conv2 reads, conv2 and conv3 at ``positions`` (every position where ``None``), on rows."""
         g, s = self.g, self.shape
         out_hw = self.out_hw(x.hw)
         per_out = out_hw[0] * out_hw[1]
         padded_one, windows_one, per_image = _tables(x.hw, s.stride)
-        rows = self.nhwc_rows(x)
+        rows = x.value
         with g.scope("conv1"):
             needed = None if conv1_mask is None else g.Reshape(g.NonZero(conv1_mask), g.ints(-1))
             h1 = self.conv1_rows(rows if needed is None else g.Gather(rows, needed, axis=0), channels)
@@ -387,12 +448,11 @@ class BlockLowering:
             with g.scope("se"):
                 h2 = g.Mul(h2, self.se_scale_at(h2, sample, self.batch_size(x), channels))
         with g.scope("conv3"):
-            shortcut = rows if not s.has_projection else self.nhwc_rows(Feature(shortcut, out_hw, s.out_channels))
             base = g.Relu(shortcut) if s.has_projection else shortcut  # the output where the branch is off
             weight = self.w("w3") if channels is None else g.Gather(self.w("w3"), channels.index, axis=0)
             values = self.gemm(h2, weight, g.Add(g.Gather(shortcut, positions, axis=0), self.w("b3")), relu=True)
             out = g.ScatterND(base, g.Unsqueeze(positions, g.ints(1)), values)
-        return self.nchw(out, out_hw, s.out_channels)
+        return Feature(out, out_hw, s.out_channels, rows=True)
 
     def slots(self, x: Feature, needed: str | None, padded_one: np.ndarray, per_image: int, count: str) -> str:
         """For every position of the zero-padded input: its row of conv1's output, else the zero row."""
@@ -429,8 +489,9 @@ class BlockLowering:
         if channels is not None:
             taps = g.Gather(taps, channels.conv_groups, axis=0)
         groups = g.Gather(g.Shape(taps), g.ints(0))
-        grouped = g.Transpose(g.Reshape(cols, g.Concat(g.ints(0, 9), groups, g.ints(gw), axis=0)), perm=[2, 0, 1, 3])
-        grouped = g.Reshape(grouped, g.Concat(groups, g.ints(-1, 9 * gw), axis=0))
+        n = g.Gather(g.Shape(cols), g.ints(0))  # explicit sizes: a -1 cannot be inferred when no window is computed
+        grouped = g.Transpose(g.Reshape(cols, g.Concat(n, g.ints(9), groups, g.ints(gw), axis=0)), perm=[2, 0, 1, 3])
+        grouped = g.Reshape(grouped, g.Concat(groups, n, g.ints(9 * gw), axis=0))
         out = g.Relu(g.Add(g.MatMul(grouped, taps), g.Reshape(bias, g.Concat(groups, g.ints(1, gw), axis=0))))
         return g.Reshape(g.Transpose(out, perm=[1, 0, 2]), g.Concat(g.ints(-1), width, axis=0))
 
@@ -467,22 +528,29 @@ def _filled(g: Graph, shape: str, value: float) -> str:
     return g.ConstantOfShape(shape, value=onnx.helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [value]))
 
 
-def _adaptive_mean(g: Graph, feature: Feature, grid: tuple[int, int]) -> str:
-    """``adaptive_avg_pool2d`` of an NCHW feature to ``grid`` cells (torch's bins ``[floor(i·n/b), ceil((i+1)·n/b))``):
-    an ``AveragePool`` where the bins are equal, else differences of cumulative sums."""
-    x, (h, w) = feature.value, feature.hw
-    if h % grid[0] == 0 and w % grid[1] == 0:
-        kernel = [h // grid[0], w // grid[1]]
-        return g.AveragePool(x, kernel_shape=kernel, strides=kernel)
-    for axis, size, bins in ((2, h, grid[0]), (3, w, grid[1])):
+def _adaptive_mean(g: Graph, rows: Feature, grid: tuple[int, int]) -> str:
+    """``adaptive_avg_pool2d`` of a feature in rows to ``grid`` cells, as ``(B, gh, gw, C)`` (torch's bins
+    ``[floor(i·n/b), ceil((i+1)·n/b))``): per axis, a mean over a middle axis where the bins are equal,
+    else differences of cumulative sums."""
+    (h, w), c = rows.hw, rows.channels
+    x = g.Reshape(rows.value, g.ints(-1, h, w, c))
+    sizes = [h, w]
+    for axis, bins in ((2, grid[1]), (1, grid[0])):
+        size = sizes[axis - 1]
         if size == bins:
             continue
-        starts = [math.floor(i * size / bins) for i in range(bins)]
-        ends = [math.ceil((i + 1) * size / bins) for i in range(bins)]
-        pads = [0] * 8
-        pads[axis] = 1  # a zero row before the first, so a bin's sum is a difference of cumulative sums
-        cumulative = g.CumSum(g.Pad(x, g.ints(*pads)), g.scalar(axis))
-        sums = g.Sub(g.Gather(cumulative, g.ints(*ends), axis=axis), g.Gather(cumulative, g.ints(*starts), axis=axis))
-        counts = np.array([e - s for s, e in zip(starts, ends)], dtype=np.float32)
-        x = g.Div(sums, g.const(counts.reshape((-1, 1) if axis == 2 else (-1,)), hint="bins"))
+        if size % bins == 0:
+            split = [-1, *sizes[:axis - 1], bins, size // bins, *sizes[axis:], c]
+            x = g.ReduceMean(g.Reshape(x, g.ints(*split)), axes=[axis + 1], keepdims=0)
+        else:
+            starts = [math.floor(i * size / bins) for i in range(bins)]
+            ends = [math.ceil((i + 1) * size / bins) for i in range(bins)]
+            pads = [0] * 8
+            pads[axis] = 1  # a zero row before the first, so a bin's sum is a difference of cumulative sums
+            cumulative = g.CumSum(g.Pad(x, g.ints(*pads)), g.scalar(axis))
+            sums = g.Sub(g.Gather(cumulative, g.ints(*ends), axis=axis),
+                         g.Gather(cumulative, g.ints(*starts), axis=axis))
+            counts = np.array([e - s for s, e in zip(starts, ends)], dtype=np.float32)
+            x = g.Div(sums, g.const(counts.reshape((-1, 1, 1) if axis == 1 else (-1, 1)), hint="bins"))
+        sizes[axis - 1] = bins
     return x
