@@ -19,3 +19,7 @@ class CheckpointError(UsageError):
 
 class MissingFileError(UsageError, FileNotFoundError):
     """A file or folder the user named does not exist (also a ``FileNotFoundError``)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint that loads, but not as completely as it might be expected to (e.g. no masker weights)."""

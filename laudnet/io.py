@@ -8,13 +8,15 @@ read with ``weights_only=True``: loading never runs pickled code.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
 import torch
-from .errors import MissingFileError, UsageError
+from .errors import CheckpointError, MissingFileError, UsageError
 
 PathLike = Union[str, os.PathLike]
 
@@ -52,6 +54,22 @@ def _temporary(path: Path) -> tuple[int, str]:
         raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+# The names :func:`_temporary` gives: ``.NAME.`` + mkstemp's eight random characters + ``.tmp``.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Delete the temporaries that writes into ``folder`` left behind when a process was killed
+    mid-write (their targets were never replaced); returns the paths removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY_NAME.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def check_writable(path: PathLike) -> None:
     """Fail now, with one clear error, if ``path`` could not be written later (before long work)."""
     fd, tmp = _temporary(Path(path))
@@ -83,12 +101,16 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: PathLike, metadata:
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
     """Read a ``.pth``/``.pt`` (``weights_only=True``) or ``.safetensors`` file.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one that is not a
-    readable checkpoint (corrupt, truncated, or containing pickled code).
+    Raises :class:`MissingFileError` for a missing file and :class:`CheckpointError` whose one-line
+    message says what is wrong with one that is not a readable checkpoint: empty, truncated, not a
+    checkpoint at all, or holding pickled code or objects (which are never run).
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes; was its writing "
+                              "interrupted?)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -96,7 +118,27 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
             return load_file(str(path), device=str(map_location))
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for bad files; report one clear error
-        raise UsageError(f"cannot read checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_read_problem(path, error)}") from None
     if not isinstance(obj, dict):
-        raise UsageError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
     return obj
+
+
+def _read_problem(path: Path, error: Exception) -> str:
+    """What made ``torch.load`` / safetensors fail on ``path``, in words."""
+    text = str(error)
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    pickled = head.startswith(b"PK") or head[:1] == b"\x80"  # a torch zip archive or a legacy pickle
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text and pickled:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it needs the global {found.group(1)})" if found else ""
+        return (f"it holds code or Python objects that laudnet will not load{what}; laudnet reads checkpoints "
+                "with weights_only=True, so only tensors and plain data load and nothing in the file is run")
+    if path.suffix == ".safetensors":
+        return f"it is truncated or not a safetensors file ({text.splitlines()[0] if text else type(error).__name__})"
+    if head.startswith(b"PK"):
+        return "it is truncated or corrupt (an incomplete torch zip archive; was its writing interrupted?)"
+    if head[:1] == b"\x80" or isinstance(error, EOFError):
+        return "it is truncated or corrupt (the pickled data ends early)"
+    return "it is not a checkpoint (expected a torch .pth/.pt file or a .safetensors file)"

@@ -40,7 +40,7 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys):
     assert main(["model", "macs", "laud_resnet50", "--mode", "sparse"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["laudnet model macs: error: mode: unknown mode 'sparse'; accepted modes are static, spatial, channel, "
-                   "layer, both"]
+                   "layer, both (or token / head, and for ViTs spatial+layer, channel+layer, spatial+channel+layer)"]
     assert main(["model", "macs", "laud_resnet50", "--input", "12xfoo"]) == 2
     assert "input size" in capsys.readouterr().err
     assert main(["model", "macs", "laud_resnet50", "--density", "1.5"]) == 2

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from ..training.config import RunConfig, check_non_negative_ints, check_positive_ints
 
+# The largest image side a run takes: one 4096×4096 image is 192 MiB as float32 before the network runs.
+MAX_IMAGE_SIZE = 4096
+
 
 @dataclass
 class TrainConfig(RunConfig):
@@ -25,6 +28,10 @@ class TrainConfig(RunConfig):
     def validate(self) -> "TrainConfig":
         super().validate()
         check_positive_ints(self, "image_size")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise UsageError(f"image_size {self.image_size} is too large: at most {MAX_IMAGE_SIZE} pixels per side "
+                             f"(one {self.image_size}x{self.image_size} image would take "
+                             f"{3 * 4 * self.image_size**2 / 2**30:.1f} GiB as float32)")
         check_non_negative_ints(self, "pretrain_epochs")
         if float(self.distill_temperature) <= 0:
             raise UsageError(f"distill_temperature must be positive, got {self.distill_temperature}")

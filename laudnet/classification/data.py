@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
@@ -112,7 +113,17 @@ def image_folder(root: str | Path, split: str, image_size: int) -> datasets.Imag
         raise UsageError(f"data folder {folder} has no class folders (expected one folder per class)")
     if not any(f.suffix.lower() in IMAGE_EXTENSIONS for d in classes for f in d.iterdir()):
         raise UsageError(f"data folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return datasets.ImageFolder(str(folder), transform=imagenet_transforms(image_size, split == "train"))
+    return datasets.ImageFolder(str(folder), transform=imagenet_transforms(image_size, split == "train"),
+                                loader=read_rgb)
+
+
+def read_rgb(path: str) -> Image.Image:
+    """An image file as RGB; a truncated or unreadable file is a :class:`UsageError` naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as error:
+        raise UsageError(f"cannot read image {path}: {error}") from None
 
 
 @dataclass

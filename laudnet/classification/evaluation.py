@@ -11,9 +11,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..dynamic.stats import DensityMeter
+from ..errors import CheckpointError
 from ..io import PathLike, load_checkpoint
 from ..models import model_from_checkpoint
-from ..training.distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
+from ..models.family import family_of
+from ..models.official import is_official_checkpoint, official_config
+from ..training.distributed import DistEnv, all_reduce_sum, init_distributed, resolve_device, shutdown
 from ..training.loop import ShardSampler, autocast, make_loader
 from .config import TrainConfig
 from .data import build_datasets
@@ -62,12 +65,30 @@ def evaluate_checkpoint(
     path: PathLike, *, data: str | None = None, batch_size: int | None = None, device: str = "auto", workers: int = 2,
     progress: bool = False,
 ) -> EvalResult:
-    """Evaluate a checkpoint on its training run's validation data (or ``data``), on one or many processes."""
-    config = TrainConfig.from_checkpoint(load_checkpoint(path), data=data, batch_size=batch_size)
-    model = model_from_checkpoint(path)
+    """Evaluate a checkpoint on its training run's validation data (or ``data``), on one or many processes.
+
+    An official LAUDNet checkpoint records no laudnet data settings: it needs ``data`` (and is read
+    at its ``IMAGE_SIZE``).
+    """
+    resolve_device(device)  # a bad device is an error before anything is loaded
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, source=str(path))
+    if is_official_checkpoint(checkpoint):
+        if data is None:
+            raise CheckpointError(f"{path} is an official LAUDNet checkpoint, which records no laudnet data settings: "
+                                  "give --data (an ImageNet-layout folder with train/ and val/)")
+        config = TrainConfig.from_dict({"data": data, "image_size": official_config(checkpoint).image_size,
+                                        **({"batch_size": batch_size} if batch_size is not None else {})})
+    else:
+        config = TrainConfig.from_checkpoint(checkpoint, data=data, batch_size=batch_size)
+    bundle = build_datasets(config)
+    classes = family_of(model).head(model).out_features
+    if classes != bundle.num_classes:
+        raise CheckpointError(f"{path} classifies {classes} classes but the data {config.data} has "
+                              f"{bundle.num_classes}: evaluate it on the data it was trained for")
     env = init_distributed(device)
     try:
-        val = build_datasets(config).val
+        val = bundle.val
         loader = make_loader(val, max(config.batch_size // env.world_size, 1), ShardSampler(len(val), env), workers,
                              env.device, drop_last=False)
         return evaluate(model.to(env.device), loader, env, progress=progress)

@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=train_command)
 
     p = subparsers.add_parser("eval", help="accuracy, MACs ratio and per-block densities of a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a laudnet checkpoint (last.pth / best.pth)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a laudnet checkpoint (last.pth / best.pth), or an official LAUDNet one (give --data)")
     p.add_argument("--data", default=None, help="'synthetic' or an ImageNet-layout folder (default: the training data)")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the training batch size)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,14 +68,29 @@ def encode_mask(mask: np.ndarray) -> dict:
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def clamped_box(bbox: list, height: int, width: int) -> list[float]:
+    """A COCO ``[x, y, width, height]`` box as ``[x1, y1, x2, y2]`` inside a ``height × width`` image."""
+    x, y, w, h = (float(v) for v in bbox)
+    return [min(max(x, 0.0), width), min(max(y, 0.0), height), min(max(x + w, 0.0), width),
+            min(max(y + h, 0.0), height)]
+
+
+def usable_box(box: list[float]) -> bool:
+    """Whether an ``[x1, y1, x2, y2]`` box covers at least one pixel in each direction (a training target)."""
+    return box[2] - box[0] >= 1 and box[3] - box[1] >= 1
+
+
 def annotations_to_target(annotations: list[dict], image_id: int, height: int, width: int,
                           labels: dict[int, int], masks: bool) -> Target:
-    """torchvision's detection target from one image's COCO annotations (crowds and empty boxes dropped)."""
-    kept = [a for a in annotations if not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
-    boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    """torchvision's detection target from one image's COCO annotations: crowds, and boxes under a pixel
+    once clamped to the image (torchvision's detectors refuse empty boxes), are left out."""
+    kept, clamped = [], []
+    for a in annotations:
+        box = clamped_box(a["bbox"], height, width)
+        if not a.get("iscrowd", 0) and usable_box(box):
+            kept.append(a)
+            clamped.append(box)
+    boxes = torch.tensor(clamped, dtype=torch.float32).reshape(-1, 4)
     target = {"boxes": boxes, "labels": torch.tensor([labels[a["category_id"]] for a in kept], dtype=torch.int64),
               "image_id": torch.tensor(image_id)}
     if masks:
@@ -125,6 +141,13 @@ class DetectionDataset(Dataset):
             self.annotations.setdefault(a["image_id"], []).append(a)
         self._coco: COCO | None = None
 
+    def unusable_boxes(self) -> tuple[int, int]:
+        """``(unusable, total)`` non-crowd boxes: those under a pixel once clamped to their image's declared size."""
+        sizes = {image["id"]: (image["height"], image["width"]) for image in self.images}
+        boxes = [clamped_box(a["bbox"], *sizes[a["image_id"]]) for a in self.dataset["annotations"]
+                 if not a.get("iscrowd", 0)]
+        return sum(not usable_box(b) for b in boxes), len(boxes)
+
     @property
     def num_classes(self) -> int:
         """Classes including the background, as the detectors count them."""
@@ -174,11 +197,21 @@ class CocoDetection(DetectionDataset):
             shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
             raise MissingFileError(f"{len(missing)} of {len(self.images)} images listed in {self.annotation_file} "
                                     f"are missing from {self.image_folder}: {shown}")
+        unusable, total = self.unusable_boxes()
+        if train and total and unusable == total:
+            raise UsageError(f"annotation file {self.annotation_file}: none of its {total} boxes is usable (each is "
+                             "under a pixel once clamped to its image): there is nothing to train on")
+        if unusable:
+            warnings.warn(f"{self.annotation_file}: {unusable} of {total} boxes lie outside their image or are under "
+                          "a pixel; they are left out of the targets", UserWarning, stacklevel=2)
 
     def load_image(self, index: int) -> np.ndarray:
         path = self.image_folder / self.images[index]["file_name"]
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+        try:
+            with Image.open(path) as image:
+                return np.array(image.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as error:
+            raise UsageError(f"cannot read image {path}: {error}") from None
 
 
 def read_coco_json(path: Path) -> dict:
@@ -214,8 +247,14 @@ def _coco_problem(data) -> str | None:
             return f"has annotation {a.get('id')} of unknown image {a['image_id']}"
         if a["category_id"] not in category_ids:
             return f"has annotation {a.get('id')} of unknown category {a['category_id']}"
-        if not isinstance(a["bbox"], list) or len(a["bbox"]) != 4:
-            return f"has annotation {a.get('id')} whose bbox is not [x, y, width, height]"
+        bbox = a["bbox"]
+        where = f"annotation {a.get('id')} (image {a['image_id']})"
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            return f"has {where} whose bbox {str(bbox)[:60]} is not [x, y, width, height]"
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in bbox):
+            return f"has {where} whose bbox {bbox} is not four finite numbers [x, y, width, height]"
+        if bbox[2] < 0 or bbox[3] < 0:
+            return f"has {where} whose bbox {bbox} has a negative width or height"
     return None
 
 

@@ -19,6 +19,9 @@ from ..errors import UsageError
 SPATIAL_BIASES = (5.0, 0.0)
 CHANNEL_BIASES = (2.0, -2.0)
 
+# Channel masker designs: laudnet's MLP on the pooled input, and the official code's ``conv_linear``.
+CHANNEL_MASKERS: tuple[str, ...] = ("mlp", "conv_linear")
+
 
 class _Masker(nn.Module):
     """Shared state of maskers: the Gumbel temperature and an optional forced decision."""
@@ -111,4 +114,37 @@ class ChannelMasker(_Masker):
         """Return the ``(B, num_groups)`` 0/1 group mask for input ``x``."""
         pooled = x.mean(dim=(2, 3))
         logits = self.layers(pooled).view(x.shape[0], 2, self.num_groups)
+        return self._gate(logits)
+
+
+class ConvLinearChannelMasker(_Masker):
+    """The official LAUDNet ``conv_linear`` channel masker, for official checkpoints that use it.
+
+    A 1×1 conv (``in → in // reduction``, no bias) with BatchNorm and ReLU on the block input at
+    full resolution, global average pooling, then one linear layer giving two logits per group
+    (laid out as :class:`ChannelMasker`'s). Its sub-modules carry the official names (``conv``,
+    ``linear``), so official weights load without renaming.
+    """
+
+    def __init__(self, in_channels: int, num_groups: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = in_channels // reduction
+        if hidden < 1:
+            raise UsageError(f"conv_linear channel masker: reduction {reduction} leaves no channels of {in_channels}")
+        self.num_groups = num_groups
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, hidden, kernel_size=1, bias=False), nn.BatchNorm2d(hidden),
+                                  nn.ReLU(inplace=True))
+        self.linear = nn.Linear(hidden, 2 * num_groups)
+        _init_decision_layer(self.linear, num_groups, CHANNEL_BIASES)
+
+    def macs(self, in_hw: tuple[int, int]) -> int:
+        """Multiply-accumulates per image for a block input of size ``in_hw``: the 1×1 conv at every
+        position, then the linear layer."""
+        conv, linear = self.conv[0], self.linear
+        return conv.in_channels * conv.out_channels * in_hw[0] * in_hw[1] + linear.in_features * linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the ``(B, num_groups)`` 0/1 group mask for input ``x``."""
+        pooled = self.conv(x).mean(dim=(2, 3))
+        logits = self.linear(pooled).view(x.shape[0], 2, self.num_groups)
         return self._gate(logits)

@@ -7,6 +7,7 @@ Every builder takes the dynamic configuration (``mode``, ``spatial_granularity``
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -21,17 +22,41 @@ from torchvision.models import (
 from torchvision.models.regnet import BlockParams
 
 from ..dynamic.spec import DynamicSpec, PerStage
+from ..errors import UsageError
 from .backbone import DynamicBackbone
+from .blocks import DynamicBottleneck
 from .registry import register_model
 from .regnet import LaudRegNet
 from .resnet import LaudResNet
-from .weights import WeightsArg, load_weights, resolve_weights
+from .checkpoint import load_weights
+from .weights import WeightsArg, resolve_weights
 
 
-def _finish(model: DynamicBackbone, weights: WeightsArg, enum: type[WeightsEnum], progress: bool) -> DynamicBackbone:
+# Builder arguments every LAUD builder takes besides its model's and blocks' constructor options;
+# ``strict_spec=False`` lets a checkpoint of another dynamic spec load its backbone only, with a warning.
+_BUILDER_ARGUMENTS = ("weights", "progress", "strict_spec", "mode", "spatial_granularity", "channel_granularity")
+
+
+def _check_arguments(name: str, model_class: type, kwargs: dict) -> None:
+    """One clear error for an argument no part of the model takes (instead of a TypeError deep inside)."""
+    accepted = list(_BUILDER_ARGUMENTS)
+    for cls, internal in ((model_class, {"self", "spec", "name", "block_params", "block_options"}),
+                          (DynamicBottleneck, {"self", "name", "stage", "spec"})):
+        accepted += [p for p in inspect.signature(cls.__init__).parameters if p not in internal]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise UsageError(f"{name}: unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                         f"accepted: {', '.join(accepted)}")
+    classes = kwargs.get("num_classes", 1)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        raise UsageError(f"{name}: num_classes must be a positive integer, got {classes!r}")
+
+
+def _finish(model: DynamicBackbone, weights: WeightsArg, enum: type[WeightsEnum], progress: bool,
+            strict_spec: bool) -> DynamicBackbone:
     resolved = resolve_weights(weights, enum)
     if resolved is not None:
-        load_weights(model, resolved, progress)
+        load_weights(model, resolved, progress, strict_spec=strict_spec)
     return model
 
 
@@ -39,9 +64,11 @@ def _resnet(
     name: str, default_layers: Sequence[int], enum: type[WeightsEnum], weights: WeightsArg, progress: bool,
     mode: PerStage, spatial_granularity: PerStage, channel_granularity: PerStage | None, **kwargs,
 ) -> LaudResNet:
+    _check_arguments(name, LaudResNet, kwargs)
+    strict_spec = kwargs.pop("strict_spec", True)
     spec = DynamicSpec.build(mode, spatial_granularity, 1 if channel_granularity is None else channel_granularity)
     layers = kwargs.pop("layers", default_layers)
-    return _finish(LaudResNet(layers, spec, name=name, **kwargs), weights, enum, progress)
+    return _finish(LaudResNet(layers, spec, name=name, **kwargs), weights, enum, progress, strict_spec)
 
 
 def _regnet_params(**kwargs) -> BlockParams:
@@ -54,11 +81,13 @@ def _regnet(
     name: str, params: BlockParams, enum: type[WeightsEnum], weights: WeightsArg, progress: bool,
     mode: PerStage, spatial_granularity: PerStage, channel_granularity: PerStage | None, **kwargs,
 ) -> LaudRegNet:
+    _check_arguments(name, LaudRegNet, kwargs)
+    strict_spec = kwargs.pop("strict_spec", True)
     if channel_granularity is None:
         # The finest channel groups that never split a conv group: one conv group each.
         channel_granularity = [group_width for _, _, _, group_width, _ in params._get_expanded_params()]
     spec = DynamicSpec.build(mode, spatial_granularity, channel_granularity)
-    return _finish(LaudRegNet(params, spec, name=name, **kwargs), weights, enum, progress)
+    return _finish(LaudRegNet(params, spec, name=name, **kwargs), weights, enum, progress, strict_spec)
 
 
 @register_model

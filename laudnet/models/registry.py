@@ -23,7 +23,7 @@ _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
 # Builder arguments that say where weights come from, not what the model is.
-_LOADING_KWARGS = ("weights", "progress")
+_LOADING_KWARGS = ("weights", "progress", "strict_spec")
 
 
 def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -42,12 +42,23 @@ def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module
         config = {k: v for k, v in kwargs.items() if k not in _LOADING_KWARGS}
         spec = getattr(model, "dynamic_spec", None)
         if spec is not None:
+            _check_modes(name, model, spec.modes)
             config.update(spec.to_dict())
         model.build_config = {"name": name, "kwargs": _plain(config)}
         return model
 
     _BUILDERS[name] = build
     return build
+
+
+def _check_modes(name: str, model: nn.Module, modes: tuple[str, ...]) -> None:
+    """A mode the model's family does not implement (a ViT combination on a CNN) is an error, not a static block."""
+    from .family import family_of
+
+    accepted = family_of(model).modes
+    wrong = sorted(set(modes) - set(accepted))
+    if wrong:
+        raise UsageError(f"{name} does not implement mode {', '.join(wrong)}; accepted modes are {', '.join(accepted)}")
 
 
 def _plain(value):

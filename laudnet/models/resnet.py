@@ -101,10 +101,11 @@ class LaudResNet(DynamicBackbone):
         **block_options,
     ) -> None:
         super().__init__()
-        if len(layers) != 4 or any(int(n) < 1 for n in layers):
-            raise UsageError(f"layers: expected 4 positive block counts, got {list(layers)}")
-        if width_multiplier <= 0:
-            raise UsageError(f"width_multiplier must be positive, got {width_multiplier}")
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) != 4 or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers):
+            raise UsageError(f"layers: expected 4 positive block counts, got {layers!r}")
+        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
+            raise UsageError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
         self.name = name
         self.dynamic_spec = spec
         base = max(8, int(round(64 * width_multiplier)))

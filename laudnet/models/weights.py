@@ -1,14 +1,17 @@
-"""Loading weights into LAUD models: torchvision weights, local files, official LAUDNet checkpoints.
+"""State dicts of LAUD models: torchvision weights, local files, official LAUDNet checkpoints.
 
 Backbone keys are torchvision's, so a torchvision state_dict loads as is and the maskers
 keep their initialisation (every gate on). Every mismatch is reported by name: missing
-backbone keys, unexpected keys and shape differences (a different architecture) are errors.
+backbone keys, unexpected keys and shape differences (a different architecture) are
+:class:`~laudnet.errors.CheckpointError` s. What a checkpoint says about the model it holds (its
+architecture and dynamic spec) is checked in :mod:`.checkpoint`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -16,8 +19,8 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ..io import load_checkpoint
-from ..errors import UsageError
+from ..io import PathLike, load_checkpoint
+from ..errors import CheckpointError, CheckpointWarning, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +66,16 @@ def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
             break
     state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
     if not state:
-        raise UsageError("checkpoint holds no tensors (expected a state_dict, or one under 'model' / 'state_dict')")
+        raise CheckpointError("checkpoint holds no tensors (expected a state_dict, or one under 'model' / 'state_dict')")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 
-def load_weights(model: nn.Module, weights: WeightsEnum | Path, progress: bool = True) -> None:
-    """Load torchvision ``weights`` or a local file into ``model`` (see :func:`load_state_dict`)."""
-    if isinstance(weights, WeightsEnum):
-        state = weights.get_state_dict(progress=progress, check_hash=True)
-        source = f"torchvision {weights}"
-    else:
-        state = extract_state_dict(load_checkpoint(weights))
-        source = str(weights)
-    load_state_dict(model, state, source)
-
-
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state_dict") -> None:
     """Load ``state`` strictly for the backbone; masker parameters may be absent (they keep their init).
 
-    Raises ``ValueError`` naming the keys when the backbone does not match.
+    Raises :class:`CheckpointError` naming the keys when the backbone does not match.
     """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -99,7 +91,7 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: st
         problems.append(f"unexpected keys {_some(unexpected)}")
     if problems:
         name = getattr(model, "name", type(model).__name__)
-        raise UsageError(f"cannot load {source} into {name}: " + "; ".join(problems))
+        raise CheckpointError(f"cannot load {source} into {name}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     fresh = [k for k in missing if ".masker_" in k]
     if fresh:
@@ -111,21 +103,46 @@ def _some(keys: list[str], limit: int = 5) -> str:
     return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
 
 
-def convert_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a state_dict of the official LAUDNet ResNet code to laudnet's key layout.
+def has_masker_weights(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state_dict holds any masker tensor (a LAUDNet checkpoint of a dynamic model)."""
+    return any(".masker_" in k for k in state)
 
-    The official code names its channel masker's layers ``masker_channel.conv`` (a single
-    ``Linear``) or ``masker_channel.conv.{0,2}`` (an MLP); laudnet calls them
-    ``masker_channel.layers.*``. Backbone and spatial-masker keys are shared. Build the
-    model with ``channel_mask_placement="before_bn"`` to reproduce the official logits.
+
+def convert_official_state_dict(checkpoint: PathLike | dict) -> dict[str, torch.Tensor]:
+    """Map the weights of an official LAUDNet checkpoint (a path, the loaded dict or its state_dict)
+    to laudnet's key layout.
+
+    The official RegNet keeps its maskers under ``….f.masker_*``, laudnet under ``….masker_*``.
+    The official MLP channel masker names its layers ``masker_channel.conv`` (a single ``Linear``)
+    or ``masker_channel.conv.{0,2}``; laudnet calls them ``masker_channel.layers.*``. The official
+    ``conv_linear`` masker's ``conv`` / ``linear`` keep their names. Backbone and spatial-masker
+    keys are shared. A state_dict with no masker at all (torchvision weights, say) is returned with a
+    :class:`CheckpointWarning`: its maskers would keep their initialisation.
+
+    :func:`laudnet.models.from_official` also rebuilds the model with the options that reproduce
+    the official logits; use it unless building the model yourself.
     """
-    state = extract_state_dict(state)
+    if not isinstance(checkpoint, dict):
+        checkpoint = load_checkpoint(checkpoint)
+    state = extract_state_dict(checkpoint)
+    if not has_masker_weights(state):
+        warnings.warn("the state_dict holds no LAUDNet masker weights (torchvision weights?): a dynamic model's "
+                      "maskers keep their initialisation (every gate on)", CheckpointWarning, stacklevel=2)
+    return rename_official_keys(state)
+
+
+def rename_official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official LAUDNet key layout renamed to laudnet's (see :func:`convert_official_state_dict`)."""
+    state = {k.replace(".f.masker_", ".masker_"): v for k, v in state.items()}
+    suffix = ".masker_channel.linear.weight"  # only the conv_linear masker has a `linear`
+    conv_linear = {k[: -len(suffix)] for k in state if k.endswith(suffix)}
     converted = {}
     for key, value in state.items():
         if ".masker_channel.conv." in key:
             prefix, rest = key.split(".masker_channel.conv.", 1)
-            if rest in ("weight", "bias"):
-                rest = f"0.{rest}"
-            key = f"{prefix}.masker_channel.layers.{rest}"
+            if prefix not in conv_linear:
+                if rest in ("weight", "bias"):
+                    rest = f"0.{rest}"
+                key = f"{prefix}.masker_channel.layers.{rest}"
         converted[key] = value
     return converted

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +25,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..dynamic.gates import temperature_at
 from ..dynamic.stats import ModelStats
-from ..io import load_checkpoint, save_safetensors, save_torch, write_text
+from ..io import load_checkpoint, remove_stale_temporaries, save_safetensors, save_torch, write_text
 from ..models import DynamicBackbone
+from ..models.checkpoint import config_difference, describe_config
+from ..models.official import is_official_checkpoint
 from ..models.weights import extract_state_dict, load_state_dict
 from .config import RunConfig
 from .distributed import DistEnv
 from .losses import sparsity_loss
 from .optim import ParamGroup, build_optimizer, build_scheduler
 from .records import MetricsLog
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,31 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class _Loader(DataLoader):
+    """A DataLoader whose workers' :class:`UsageError` s (an unreadable image, say) arrive as the
+    worker raised them: one line, not torch's re-raise with the worker's traceback in the message."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except UsageError as error:
+                text = str(error)
+                if "Original Traceback" not in text:
+                    raise
+                last = text.strip().splitlines()[-1]
+                raise type(error)(re.sub(r"^[\w.]+: ", "", last, count=1)) from None
+            yield batch
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler, workers: int, device: torch.device,
                 drop_last: bool, collate_fn=None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=workers > 0,
-                      collate_fn=collate_fn)
+    return _Loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                   pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=workers > 0,
+                   collate_fn=collate_fn)
 
 
 @dataclass
@@ -138,6 +161,9 @@ class EpochTrainer(Generic[R]):
         self.scaler = torch.amp.GradScaler(env.device.type) if config.amp == "fp16" else None
         self.state = TrainState()
         last = self.output / CHECKPOINT_LAST
+        if resume and env.is_main:
+            for stale in remove_stale_temporaries(self.output):
+                log.info("removed %s, left by an interrupted write", stale)
         if resume and last.exists():
             self._restore(last)
         self.ddp = (DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
@@ -280,9 +306,14 @@ class EpochTrainer(Generic[R]):
 
     def _restore(self, path: Path) -> None:
         checkpoint = load_checkpoint(path, map_location="cpu")
+        self._check_same_run(path, checkpoint)
         try:
             load_state_dict(self.model, extract_state_dict(checkpoint), str(path))
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            try:
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+            except ValueError as error:
+                raise CheckpointError(f"{path}: its optimiser state does not fit this run's ({error}); --resume "
+                                      "continues the run that wrote it, with the same model and settings") from None
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             if self.scaler is not None and checkpoint.get("scaler"):
                 self.scaler.load_state_dict(checkpoint["scaler"])
@@ -294,3 +325,21 @@ class EpochTrainer(Generic[R]):
         except (KeyError, TypeError) as error:
             raise UsageError(f"{path} is not a resumable laudnet checkpoint (missing {error})") from None
         log.info("resumed %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
+
+    def _check_same_run(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """``--resume`` continues the run that wrote ``path``: same model and spec, no fewer epochs."""
+        fresh = f"to start from its weights instead, pass --weights {path} with another --output"
+        if is_official_checkpoint(checkpoint):
+            raise CheckpointError(f"{path} is an official LAUDNet checkpoint, not a laudnet run to resume; {fresh}")
+        held = checkpoint.get("model_config")
+        if not isinstance(held, dict) or "name" not in held:
+            raise CheckpointError(f"{path} is not a resumable laudnet checkpoint (missing 'model_config')")
+        difference = config_difference(held, self.model_config)
+        if difference:
+            raise CheckpointError(f"{path} was written by a run of {describe_config(held).describe()}; this run "
+                                  f"builds {describe_config(self.model_config).describe()} ({difference}): --resume "
+                                  f"continues the same run; {fresh}")
+        done = checkpoint.get("epoch")
+        if isinstance(done, int) and done > self.config.epochs:
+            raise UsageError(f"{path} has already trained {done} epochs, more than epochs={self.config.epochs}: pass "
+                             f"--epochs {done} (or more) to resume it")
