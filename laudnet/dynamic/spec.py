@@ -10,6 +10,12 @@ One vocabulary everywhere in laudnet:
 
 User input may give one value for every stage or one per stage, as a sequence or as a
 dash-separated string (``"spatial-spatial-channel-static"``, ``"4-4-2-1"``).
+
+Vision transformers add combined modes, one per block: the parts ``spatial`` (token skipping),
+``channel`` (head skipping) and ``layer`` (skipping the attention and MLP sub-blocks) joined with
+``+`` (``"spatial+channel+layer"``; ``token`` and ``head`` are aliases of ``spatial`` and
+``channel`` everywhere). A combination is written in canonical order, ``spatial+channel`` is
+``both``; only models whose family accepts a combination build it (CNNs accept :data:`MODES`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from typing import Sequence, Union
 from ..errors import UsageError
 
 MODES: tuple[str, ...] = ("static", "spatial", "channel", "layer", "both")
+# Combined modes (vision transformers): the canonical '+'-joined parts beyond MODES.
+COMBINED_MODES: tuple[str, ...] = ("spatial+layer", "channel+layer", "spatial+channel+layer")
+MODE_ALIASES: dict[str, str] = {"token": "spatial", "head": "channel"}
+MODE_PARTS: tuple[str, ...] = ("spatial", "channel", "layer")
 NUM_STAGES = 4
 
 PerStage = Union[str, int, Sequence[Union[str, int]]]
@@ -60,8 +70,15 @@ class DynamicSpec:
         spatial_granularity: PerStage = 1,
         channel_granularity: PerStage = 1,
         num_stages: int = NUM_STAGES,
+        dash_combinations: bool = False,
     ) -> "DynamicSpec":
-        """Parse user-facing values (one for all stages or one per stage) into a spec."""
+        """Parse user-facing values (one for all stages or one per stage) into a spec.
+
+        ``dash_combinations``: a dash-separated mode of distinct parts whose count is neither 1 nor
+        ``num_stages`` is one combined mode for every stage (``"spatial-channel-layer"``; ViTs).
+        """
+        if dash_combinations:
+            mode = _dash_combination(mode, num_stages)
         modes = parse_per_stage(mode, num_stages, "mode", _parse_mode)
         sizes = parse_per_stage(spatial_granularity, num_stages, "spatial_granularity", _parse_positive)
         groups = parse_per_stage(channel_granularity, num_stages, "channel_granularity", _parse_positive)
@@ -121,11 +138,34 @@ def parse_per_stage(value: PerStage, num_stages: int, name: str, convert) -> tup
     return tuple(convert(item, name) for item in items)
 
 
+def mode_parts(mode: str) -> frozenset[str]:
+    """The parts of a canonical mode: ``"both"`` is ``{"spatial", "channel"}``, ``"static"`` none."""
+    if mode == "static":
+        return frozenset()
+    if mode == "both":
+        return frozenset(("spatial", "channel"))
+    return frozenset(mode.split("+"))
+
+
 def _parse_mode(item, name: str) -> str:
-    mode = str(item).strip().lower()
-    if mode not in MODES:
-        raise UsageError(f"{name}: unknown mode {item!r}; accepted modes are {', '.join(MODES)}")
-    return mode
+    words = [MODE_ALIASES.get(w.strip(), w.strip()) for w in str(item).strip().lower().split("+")]
+    if len(words) == 1 and words[0] in MODES:
+        return words[0]
+    if len(words) > 1 and all(w in MODE_PARTS or w == "both" for w in words):
+        parts = set().union(*(mode_parts(w) for w in words))
+        return "both" if parts == {"spatial", "channel"} else "+".join(p for p in MODE_PARTS if p in parts)
+    raise UsageError(f"{name}: unknown mode {item!r}; accepted modes are {', '.join(MODES)} "
+                     f"(or token / head, and for ViTs {', '.join(COMBINED_MODES)})")
+
+
+def _dash_combination(mode: PerStage, num_stages: int) -> PerStage:
+    """``"spatial-channel-layer"`` as ``"spatial+channel+layer"`` when it cannot be one mode per stage."""
+    if not isinstance(mode, str) or "-" not in mode:
+        return mode
+    words = [MODE_ALIASES.get(w.strip().lower(), w.strip().lower()) for w in mode.split("-")]
+    if len(words) in (1, num_stages) or len(set(words)) != len(words) or not set(words) <= set(MODE_PARTS) | {"both"}:
+        return mode
+    return "+".join(words)
 
 
 def _parse_positive(item, name: str) -> int:

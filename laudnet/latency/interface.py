@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..dynamic.spec import StageSpec
+from ..dynamic.spec import StageSpec, mode_parts
 from ..errors import UsageError
 from ..models.structure import BlockShape, ModelShape
 from .hardware import Hardware
@@ -42,9 +42,20 @@ class BlockDensity:
 
     @classmethod
     def uniform(cls, mode: str, density: float) -> "BlockDensity":
-        """Every gate of a block in ``mode`` at ``density`` (other fractions stay 1)."""
+        """Every gate of a block in ``mode`` at ``density`` (other fractions stay 1).
+
+        A ViT combination of tokens and sub-blocks (``spatial+layer``) selects ``density`` of the
+        tokens (``conv2``), of which each sub-block computes for ``density`` of the images
+        (``conv1``/``conv3``: its fraction of the tokens, see :mod:`laudnet.models.vit`).
+        """
         if mode == "static":
             return cls()
+        parts = mode_parts(mode)
+        if {"spatial", "layer"} <= parts:
+            channel = density if "channel" in parts else 1.0
+            return cls(density * density, density, density * density, channel, conv1_measured=False)
+        if {"channel", "layer"} <= parts:  # every token, the sub-blocks at their rate
+            return cls(density, 1.0, density, density, conv1_measured=False)
         spatial = density if mode in ("spatial", "layer", "both") else 1.0
         channel = density if mode in ("channel", "both") else 1.0
         return cls(spatial, spatial, spatial, channel, conv1_measured=False)
@@ -62,6 +73,7 @@ class BlockLatency:
     channel_granularity: int
     density: BlockDensity
     ops_ms: dict[str, float] = field(default_factory=dict)
+    reference_ms: float | None = None
 
     @property
     def total_ms(self) -> float:
@@ -69,7 +81,10 @@ class BlockLatency:
 
     def residual_ms(self, reference_compatible: bool = False) -> float:
         """What the block adds to the residual-stage total; the paper's evaluation script
-        leaves out stride-1 projection shortcuts (``reference_compatible``)."""
+        leaves out stride-1 projection shortcuts (``reference_compatible``), and its transformer
+        script composes a block its own way (``reference_ms``, where a latency model gives it)."""
+        if reference_compatible and self.reference_ms is not None:
+            return self.reference_ms
         skipped = reference_compatible and self.stride == 1
         return self.total_ms - (self.ops_ms.get("projection", 0.0) if skipped else 0.0)
 
@@ -95,6 +110,11 @@ class LatencyModel:
     def block_seconds(self, block: BlockShape, spec: StageSpec, density: BlockDensity) -> dict[str, float]:
         """Seconds of ``block`` run as ``spec`` says at ``density``, by part of the block."""
         raise NotImplementedError
+
+    def reference_block_seconds(self, block: BlockShape, spec: StageSpec, density: BlockDensity) -> float | None:
+        """Seconds of ``block`` as the paper's own script composes it, where that differs from
+        :meth:`block_seconds` (transformer blocks); ``None`` elsewhere."""
+        return None
 
     def stem_seconds(self, shape: ModelShape) -> float:
         raise NotImplementedError

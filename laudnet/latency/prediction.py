@@ -15,9 +15,10 @@ from typing import Sequence, Union
 
 from torch import nn
 
-from ..dynamic.spec import MODES, DynamicSpec, PerStage, StageSpec
+from ..dynamic.spec import COMBINED_MODES, MODES, DynamicSpec, PerStage, StageSpec, mode_parts
 from ..errors import UsageError
 from ..models.structure import BlockShape, InputSize, ModelShape, model_shape, parse_input_size
+from ..models.vit_structure import TransformerBlockShape
 from .analytic import AnalyticModel
 from .calibrated import CalibratedModel
 from .hardware import HardwareLike, get_hardware
@@ -52,14 +53,18 @@ def latency_model(spec: LatencyLike, batch: int | None = None) -> LatencyModel:
 
 def block_latency(model: LatencyLike, block: BlockShape, spec: StageSpec, density: BlockDensity) -> BlockLatency:
     """Predict ``block`` run as ``spec`` says with the given densities."""
-    if spec.mode not in MODES:
+    if isinstance(block, TransformerBlockShape):
+        _check_transformer_spec(block, spec)
+    elif spec.mode not in MODES:
         raise UsageError(f"unknown mode {spec.mode!r}; accepted modes are {', '.join(MODES)}")
-    if spec.has_channel and not 1 <= spec.channel_granularity <= block.width:
+    elif spec.has_channel and not 1 <= spec.channel_granularity <= block.width:
         raise UsageError(
             f"{block.name}: channel granularity {spec.channel_granularity} must be between 1 and the "
             f"block width {block.width}"
         )
-    seconds = latency_model(model).block_seconds(block, spec, density)
+    latency = latency_model(model)
+    seconds = latency.block_seconds(block, spec, density)
+    reference = latency.reference_block_seconds(block, spec, density)
     return BlockLatency(
         name=block.name,
         stage=block.stage,
@@ -69,7 +74,21 @@ def block_latency(model: LatencyLike, block: BlockShape, spec: StageSpec, densit
         channel_granularity=spec.channel_granularity,
         density=density,
         ops_ms={name: 1e3 * value for name, value in seconds.items()},
+        reference_ms=None if reference is None else 1e3 * reference,
     )
+
+
+def _check_transformer_spec(block: TransformerBlockShape, spec: StageSpec) -> None:
+    """A ViT block's spec: a mode of the ViT family, one token per decision, G heads dividing the heads."""
+    if spec.mode not in MODES + COMBINED_MODES:
+        raise UsageError(f"unknown mode {spec.mode!r}; accepted modes are {', '.join(MODES + COMBINED_MODES)}")
+    parts = mode_parts(spec.mode)
+    if "spatial" in parts and spec.spatial_granularity != 1:
+        raise UsageError(f"{block.name}: a ViT decides one token at a time: spatial granularity must be 1, "
+                         f"got {spec.spatial_granularity}")
+    if "channel" in parts and block.heads % spec.channel_granularity != 0:
+        raise UsageError(f"{block.name}: channel granularity {spec.channel_granularity} (heads per decision) must "
+                         f"divide the {block.heads} heads")
 
 
 @dataclass(frozen=True)
@@ -188,6 +207,7 @@ def _resolve_spec(
         spatial_granularity if spatial_granularity is not None else [s.spatial_granularity for s in base.stages],
         channel_granularity if channel_granularity is not None else [s.channel_granularity for s in base.stages],
         num_stages=n_stages,
+        dash_combinations=shape.family == "vit",
     )
 
 

@@ -14,6 +14,7 @@ from typing import Iterator
 
 from torch import nn
 
+from ..dynamic.spec import MODES
 from ..errors import UsageError
 
 
@@ -58,6 +59,8 @@ class Family:
     """The layout of one backbone family. Subclasses implement the four methods."""
 
     name: str = ""
+    # The dynamic modes the family's blocks implement (see :mod:`laudnet.dynamic.spec`).
+    modes: tuple[str, ...] = MODES
 
     def stem(self, model: nn.Module) -> StemLayout:
         raise NotImplementedError

@@ -10,20 +10,33 @@ from __future__ import annotations
 
 from ...dynamic.spec import StageSpec
 from ...models.structure import BlockShape, ModelShape
+from ...models.vit_structure import TransformerBlockShape
 from ..interface import BlockDensity, LatencyModel
-from . import blocks
+from . import blocks, transformer
 
 
 class AnalyticModel(LatencyModel):
-    """The paper's operators on ``hardware`` (a preset, a hand-written spec, or a profile's fitted parameters)."""
+    """The paper's operators on ``hardware`` (a preset, a hand-written spec, or a profile's fitted parameters);
+    CNN blocks by :mod:`.blocks`, vision transformer blocks by :mod:`.transformer`."""
 
     def block_seconds(self, block: BlockShape, spec: StageSpec, density: BlockDensity) -> dict[str, float]:
+        if isinstance(block, TransformerBlockShape):
+            return transformer.block_seconds(self.hardware, block, spec, density)
         return blocks.block_seconds(self.hardware, block, spec, density)
 
+    def reference_block_seconds(self, block: BlockShape, spec: StageSpec, density: BlockDensity) -> float | None:
+        if isinstance(block, TransformerBlockShape):
+            return transformer.reference_block_seconds(self.hardware, block, spec, density)
+        return None
+
     def stem_seconds(self, shape: ModelShape) -> float:
+        if shape.family == "vit":
+            return transformer.stem_seconds(self.hardware, shape)
         return blocks.stem_seconds(self.hardware, shape)
 
     def head_seconds(self, shape: ModelShape) -> float:
+        if shape.family == "vit":
+            return transformer.head_seconds(self.hardware, shape)
         return blocks.head_seconds(self.hardware, shape)
 
 

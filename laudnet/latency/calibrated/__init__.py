@@ -11,6 +11,7 @@ from __future__ import annotations
 from ...dynamic.spec import StageSpec
 from ...errors import UsageError
 from ...models.structure import BlockShape, ModelShape
+from ...models.vit_structure import TransformerBlockShape
 from ..hardware import Hardware
 from ..interface import BlockDensity, LatencyModel
 from . import pricing
@@ -25,6 +26,9 @@ class CalibratedModel(LatencyModel):
         super().__init__(hardware)
 
     def block_seconds(self, block: BlockShape, spec: StageSpec, density: BlockDensity) -> dict[str, float]:
+        if isinstance(block, TransformerBlockShape):
+            raise UsageError(f"{self.hardware.name} is a calibrated profile: it prices the CNN sparse engine's plan, "
+                             "which has no ViT blocks; predict ViTs with a preset or a hardware spec")
         return pricing.expected_block_seconds(self.hardware, block, spec, density)
 
     def stem_seconds(self, shape: ModelShape) -> float:

@@ -4,7 +4,8 @@ Blocks of different stages do not interact in the latency model, so each stage i
 on its own over the valid candidates: S divides the stage's feature map (patches tile it
 exactly); G divides the block width and, for a grouped conv, is a multiple of its group
 width (as the models require). G equal to the width is left out: one gate for the whole
-branch is layer skipping, without the cost of its gate.
+branch is layer skipping, without the cost of its gate. A vision transformer has nothing to
+search (each token and each head decides alone): its result has the one candidate S = G = 1.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ...dynamic.spec import DynamicSpec, PerStage, StageSpec
+from ...dynamic.spec import DynamicSpec, PerStage, StageSpec, mode_parts
 from ...errors import UsageError
 from ...models.structure import BlockShape, InputSize
 from ..interface import BlockDensity
@@ -78,6 +79,8 @@ def search_granularity(
     groups may not split a conv group).
     """
     shape = resolve_shape(model, input_size)
+    if shape.family == "vit":
+        return _vit_result(model, hardware, mode, density, stats, batch, input_size, reference_compatible)
     stages = sorted({b.stage for b in shape.blocks})
     finest = [min(channel_candidates(shape.stage_blocks(stage)[-1])) for stage in stages]
     baseline = predict(
@@ -127,6 +130,26 @@ def search_granularity(
         baseline_ms=baseline.residual_ms,
         static_ms=sum(c.static_ms for c in choices),
     )
+
+
+def _vit_result(
+    model: ModelLike, hardware: LatencyLike, mode: PerStage, density: float | None, stats: StatsLike | None,
+    batch: int | None, input_size: InputSize, reference_compatible: bool,
+) -> GranularityResult:
+    """A ViT has no granularity to search: each token and each head decides alone (S = G = 1), the only
+    candidate of every stage."""
+    kwargs = dict(stats=stats, batch=batch, input_size=input_size, reference_compatible=reference_compatible)
+    chosen = predict(model, hardware, mode=mode, density=density, spatial_granularity=1, channel_granularity=1,
+                     **kwargs)
+    if not any(mode_parts(s.mode) & {"spatial", "channel"} for s in chosen.spec.stages):
+        raise UsageError(f"granularity search needs a spatial or channel stage; got {'-'.join(chosen.spec.modes)}")
+    static = predict(model, hardware, mode="static", **{**kwargs, "stats": None})
+    choices = tuple(
+        StageChoice(stage, spec.mode, ((1, 1),), (ms,), 1, 1, ms, ms, static_ms)
+        for stage, (spec, ms, static_ms) in enumerate(zip(chosen.spec.stages, chosen.stages_ms, static.stages_ms))
+    )
+    return GranularityResult(chosen.model, chosen.hardware, chosen.batch, chosen.spec, choices, chosen.residual_ms,
+                             chosen.residual_ms, static.residual_ms)
 
 
 def _candidates(spec: StageSpec, block: BlockShape) -> tuple[tuple[int, int], ...]:

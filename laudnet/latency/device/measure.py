@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import functools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -151,9 +152,9 @@ def measure_engines(
             model_ms, parts = [], []
             for _ in range(rounds):
                 parts.append(_hooked_run(timed, device))
-                model_ms.append(time_call_ms(lambda: timed.engine(timed.images), device))
+                model_ms.append(time_call_ms(functools.partial(timed.engine, timed.images), device))
         results.append(_summarise(timed, model_ms, parts, rounds))
-        del timed
+        del timed  # free this configuration's model before the next one is built
         if progress is not None:
             progress(index + 1, len(configs))
     return results
