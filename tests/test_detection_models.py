@@ -22,7 +22,8 @@ from helpers import randomize_maskers_
 # Small enough for a CPU test, every part of the real detectors.
 TINY = dict(model_kwargs={"width_multiplier": 0.125, "layers": [1, 1, 1, 1]}, num_classes=3, trainable_layers=5,
             frozen_bn=False, fpn_channels=32, representation_size=64, mask_head_channels=16, anchor_size=8,
-            min_size=61, max_size=200, size_divisible=1, rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50)
+            min_size=61, max_size=200, size_divisible=1)
+RPN = dict(rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50)  # the R-CNNs' proposals: fewer, for speed
 SIZES = [(61, 83), (77, 59)]  # after resizing: 61×83 and 79×61, padded to an odd 79×83 batch
 
 
@@ -48,7 +49,7 @@ def _batch(masks: bool) -> tuple[list[torch.Tensor], list[dict]]:
 @pytest.mark.parametrize("detector", DETECTORS)
 def test_every_detector_in_every_mode_trains_and_predicts_on_odd_sizes(detector, mode):
     torch.manual_seed(0)
-    model = build_detector(detector, mode=mode, **TINY)
+    model = build_detector(detector, mode=mode, **TINY, **({} if detector == "retinanet" else RPN))
     backbone = laud_backbone(model)
     seen = []
     backbone.register_forward_hook(lambda module, args, out: seen.append((tuple(args[0].shape), out)))
@@ -157,6 +158,8 @@ def test_freezing_follows_torchvision_and_maskers_always_train():
     ({"detector": "retinanet", "backbone": "laud_regnet_y_400mf"}, "unknown backbone"),
     ({"detector": "retinanet", "trainable_layers": 6}, "trainable_layers must be between 0 and 5"),
     ({"detector": "retinanet", "num_classes": 1}, "num_classes counts the background"),
+    ({"detector": "faster_rcnn", "channel_mask_placement": "before_bn"},
+     "faster_rcnn takes no channel_mask_placement .* the backbone's options .* go in model_kwargs"),
 ])
 def test_bad_detector_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

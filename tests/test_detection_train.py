@@ -59,9 +59,11 @@ def test_eval_command_reproduces_the_summary(detection_run, capsys):
     assert result["bbox"]["ap"] == pytest.approx(summary["bbox"]["ap"])
     assert result["macs_ratio"] == pytest.approx(summary["macs_ratio"])
     assert result["images"] == summary["images"] == 64 and len(result["blocks"]) == 8
-    assert main(["detect", "eval", "--checkpoint", str(output / "last.pth"), "--device", "cpu"]) == 0
+    assert result["runner"] == "sparse engine" and result["inference_ms"] > 0
+    assert main(["detect", "eval", "--checkpoint", str(output / "last.pth"), "--device", "cpu", "--masked"]) == 0
     text = capsys.readouterr().out
-    assert "bbox mAP" in text and "stage 4" in text
+    assert "bbox mAP" in text and "stage 4" in text and "ms per image, backbone on the masked model" in text
+    assert f"bbox mAP {summary['bbox']['ap']:.4f}" in text
 
 
 def test_predict_draws_boxes_labels_and_backbone_masks(detection_run, tmp_path, capsys):
@@ -170,7 +172,7 @@ def test_bad_eval_and_predict_input(detection_run, tmp_path, capsys):
     classification = tmp_path / "classifier.pth"
     torch.save({"model": {}, "model_config": {"name": "laud_resnet50", "kwargs": {}}}, classification)
     assert main(["detect", "eval", "--checkpoint", str(classification)]) == 2
-    assert "is not a laudnet detection checkpoint (it holds a laud_resnet50 model)" in capsys.readouterr().err
+    assert "is not a laudnet detection checkpoint (it holds a laud_resnet50 model: `laudnet eval --checkpoint" in capsys.readouterr().err
     assert main(["detect", "eval", "--checkpoint", str(tmp_path / "none.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["detect", "predict", str(tmp_path / "none.png"), "--checkpoint", str(classification)]) == 2

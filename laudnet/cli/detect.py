@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from PIL import Image
+
 from ..detection import (
     CocoMetrics, DetectionConfig, DetectionEvalResult, detector_from_checkpoint, evaluate_checkpoint, image_tensor,
     predict, read_image, save_prediction, train_detector,
 )
+from ..detection.sparse import convert_detector
+from ..errors import UsageError
 from ..io import load_checkpoint
 from ..reporting import dumps, format_table
 from ..training.config import add_config_arguments, overrides_from_args
 from ..training.tables import STAGE_HEADERS, stage_rows, summary_stage_rows
 from .common import CommandError
+
+# The largest image ``detect predict`` reads: PIL's own limit against decompression bombs (about 9459×9459).
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--masked", action="store_true",
+                   help="run the masked backbone instead of the sparse engine (the same detections; for comparison)")
     p.set_defaults(func=eval_command)
 
     p = commands.add_parser("predict", help="draw a checkpoint's detections on an image")
@@ -43,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="detections.png", help="PNG to write")
     p.add_argument("--score", type=float, default=0.5, help="draw detections scoring at least this")
     p.add_argument("--show-masks", action="store_true", help="add the backbone's spatial masks, one panel per stage")
+    p.add_argument("--masked", action="store_true", help="run the masked backbone instead of the sparse engine")
     p.set_defaults(func=predict_command)
 
 
@@ -66,7 +76,7 @@ def train_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, data=args.data, annotations=args.annotations, images=args.images,
                                  batch_size=args.batch_size, device=args.device, workers=args.workers,
-                                 progress=not args.json)
+                                 progress=not args.json, engine=not args.masked)
     if args.json:
         print(dumps(result))
         return 0
@@ -82,6 +92,7 @@ def _result_text(result: DetectionEvalResult) -> str:
     aim = f" (target {result.target:.2f})" if result.target is not None else ""
     lines.append(f"backbone MACs ratio {result.macs_ratio:.3f}{aim}  ({result.images} images, "
                  f"{result.detections} detections)")
+    lines.append(f"{result.inference_ms:.1f} ms per image, backbone on the {result.runner}")
     lines.append(format_table(STAGE_HEADERS, stage_rows(result.blocks)))
     return "\n".join(lines)
 
@@ -91,6 +102,12 @@ def predict_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--score must be in [0, 1], got {args.score}")
     checkpoint = load_checkpoint(args.checkpoint)
     model = detector_from_checkpoint(checkpoint, source=args.checkpoint)
+    if not args.masked:
+        try:
+            model = convert_detector(model, backend="torch")
+        except UsageError as error:
+            raise CommandError(f"{error}; pass --masked to run the masked model") from None
+    _check_image_size(args.image)
     array = read_image(args.image)
     prediction = predict(model, image_tensor(array))
     if args.show_masks and not prediction.backbone_masks:
@@ -100,3 +117,19 @@ def predict_command(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {drawn} detections with score >= {args.score:.2f}, "
           f"backbone MACs ratio {prediction.macs_ratio:.3f}")
     return 0
+
+
+def _check_image_size(path: str) -> None:
+    """Refuse an image too large to decode, from its header alone (before gigabytes are allocated)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # read the size of any image; the limit is checked here
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except OSError:
+        return  # not an image: read_image says so
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    if width * height > MAX_IMAGE_PIXELS:
+        raise CommandError(f"{path} is {width}x{height} ({width * height / 1e6:.0f} megapixels); detect predict reads "
+                           f"images of at most {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels (about 9459x9459): downscale it")

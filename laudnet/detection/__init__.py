@@ -9,10 +9,11 @@ from .training import (
 from .evaluation import CocoMetrics, DetectionEvalResult, coco_metrics, evaluate_detector
 from .models import BACKBONES, DETECTORS, LaudFPN, build_detector, laud_backbone
 from .predict import Prediction, image_tensor, predict, read_image, save_prediction
+from .sparse import convert_detector
 
 __all__ = [
     "BACKBONES", "CocoDetection", "CocoMetrics", "DETECTORS", "DetectionConfig", "DetectionEvalResult",
     "DetectionTrainer", "LaudFPN", "Prediction", "SyntheticCocoShapes", "SyntheticSettings", "build_detection_data",
-    "build_detector", "coco_metrics", "collate", "detector_from_checkpoint", "evaluate_checkpoint", "evaluate_detector",
+    "build_detector", "coco_metrics", "collate", "convert_detector", "detector_from_checkpoint", "evaluate_checkpoint", "evaluate_detector",
     "image_tensor", "laud_backbone", "predict", "read_image", "save_prediction", "train_detector",
 ]

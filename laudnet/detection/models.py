@@ -14,6 +14,7 @@ and start every gate on).
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections import OrderedDict
 
@@ -67,7 +68,8 @@ class LaudFPN(nn.Module):
     ``BackboneWithFPN`` does, and leaves the body's :class:`ModelStats` in :attr:`last_stats`.
 
     MACs in the statistics are those of the stem and the residual blocks (no classifier)
-    at the size of the padded batch, per image.
+    at the size of the padded batch, per image. With an ``engine`` (set by
+    :func:`laudnet.detection.sparse.convert_detector`) the body's stages run on the sparse engine.
     """
 
     def __init__(self, body: DynamicBackbone, returned_stages: tuple[int, ...], out_channels: int,
@@ -80,11 +82,19 @@ class LaudFPN(nn.Module):
                                          extra_blocks=extra_blocks)
         self.out_channels = out_channels
         self.last_stats: ModelStats | None = None
+        self.engine: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        out = self.body.forward_features(x)
-        self.last_stats = self.body.model_stats(out.blocks, (int(x.shape[-2]), int(x.shape[-1])), include_head=False)
-        levels = OrderedDict((str(i), out.features[s - 1]) for i, s in enumerate(self.returned_stages))
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if self.engine is None:
+            out = self.body.forward_features(x)
+            features, blocks = out.features, out.blocks
+        else:  # the sparse engine (laudnet.detection.sparse); it may leave the blocks' statistics
+            features = self.engine.features(x)
+            blocks = [block.last_stats for _, block in self.body.named_dynamic_blocks()]
+            blocks = blocks if self.engine.records_stats else None
+        self.last_stats = self.body.model_stats(blocks, hw, include_head=False) if blocks is not None else None
+        levels = OrderedDict((str(i), features[s - 1]) for i, s in enumerate(self.returned_stages))
         return self.fpn(levels)
 
 
@@ -161,6 +171,7 @@ def build_detector(
         "model_kwargs": dict(model_kwargs or {}), **detector_kwargs})}
     if num_classes < 2:
         raise UsageError(f"num_classes counts the background too and must be at least 2, got {num_classes}")
+    _check_detector_kwargs(detector, detector_kwargs)
     body = build_laud_fpn(detector, backbone, mode=mode, spatial_granularity=spatial_granularity,
                           channel_granularity=channel_granularity, weights_backbone=weights_backbone,
                           trainable_layers=trainable_layers, frozen_bn=frozen_bn, fpn_channels=fpn_channels,
@@ -180,6 +191,31 @@ def build_detector(
                              mask_predictor=MaskRCNNPredictor(width, width, num_classes), **common)
     model.build_config = config
     return model
+
+
+# The torchvision detectors, the arguments laudnet's builder sets itself, and those the detectors
+# pass on to their GeneralizedRCNNTransform through ``**kwargs`` (which ignores what it does not know).
+_DETECTOR_CLASSES = {"retinanet": RetinaNet, "faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN}
+_SET_BY_LAUDNET = {"self", "backbone", "num_classes", "kwargs", "min_size", "max_size", "anchor_generator",
+                   "rpn_anchor_generator", "box_head", "box_predictor", "mask_head", "mask_predictor"}
+_TRANSFORM_ARGUMENTS = ("size_divisible", "fixed_size")
+
+
+def detector_arguments(detector: str) -> list[str]:
+    """The torchvision detector's arguments that :func:`build_detector`'s ``detector_kwargs`` may set."""
+    _check_choice("detector", detector, DETECTORS)
+    parameters = inspect.signature(_DETECTOR_CLASSES[detector].__init__).parameters
+    return [p for p in parameters if p not in _SET_BY_LAUDNET] + list(_TRANSFORM_ARGUMENTS)
+
+
+def _check_detector_kwargs(detector: str, kwargs: dict) -> None:
+    """Refuse keyword arguments the torchvision detector would silently drop."""
+    accepted = detector_arguments(detector)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise UsageError(
+            f"{detector} takes no {', '.join(unknown)} (torchvision would ignore it silently); the backbone's "
+            f"options (channel_mask_placement, width_multiplier, ...) go in model_kwargs; accepted: {', '.join(accepted)}")
 
 
 def laud_backbone(detector: nn.Module) -> LaudFPN:

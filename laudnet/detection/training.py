@@ -20,7 +20,8 @@ from tqdm import tqdm
 from ..io import PathLike, load_checkpoint
 from ..models.weights import extract_state_dict, load_state_dict
 from ..reporting import format_table
-from ..training.distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
+from ..models.official import is_official_checkpoint
+from ..training.distributed import DistEnv, all_reduce_sum, init_distributed, resolve_device, shutdown
 from ..training.tables import STAGE_HEADERS, stage_rows, stage_summary
 from ..training.optim import ParamGroup
 from ..training.loop import EpochTrainer, ShardSampler, build_loaders, make_loader
@@ -28,7 +29,8 @@ from .config import DetectionConfig
 from .data import CocoDetection, DetectionDataset, SyntheticCocoShapes, collate
 from .evaluation import DetectionEvalResult, evaluate_detector
 from .models import DETECTORS, build_detector, laud_backbone
-from ..errors import UsageError
+from .sparse import convert_detector
+from ..errors import CheckpointError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,15 @@ def detector_from_checkpoint(checkpoint: PathLike | dict, map_location: str | to
         source = str(checkpoint)
         checkpoint = load_checkpoint(checkpoint, map_location)
     source = source or "the checkpoint"
+    if is_official_checkpoint(checkpoint):
+        raise CheckpointError(f"{source} is an official LAUDNet classification checkpoint, not a laudnet detection "
+                              f"checkpoint: `laudnet eval --checkpoint {source} --data DIR` evaluates it")
     config = checkpoint.get("model_config")
     if not isinstance(config, dict) or config.get("name") not in DETECTORS:
         name = config.get("name") if isinstance(config, dict) else None
-        raise UsageError(f"{source} is not a laudnet detection checkpoint" + (f" (it holds a {name} model)" if name else ""))
+        raise CheckpointError(f"{source} is not a laudnet detection checkpoint"
+                              + (f" (it holds a {name} model: `laudnet eval --checkpoint {source}` evaluates it)"
+                                 if name else ""))
     model = build_detector(config["name"], **config.get("kwargs", {}))
     load_state_dict(model, extract_state_dict(checkpoint), source)
     return model
@@ -90,19 +97,38 @@ def detector_from_checkpoint(checkpoint: PathLike | dict, map_location: str | to
 def evaluate_checkpoint(
     path: PathLike, *, data: str | None = None, annotations: str | None = None, images: str | None = None,
     batch_size: int | None = None, device: str = "auto", workers: int = 2, progress: bool = False,
+    engine: bool = True,
 ) -> DetectionEvalResult:
     """COCO metrics of a detection checkpoint on its run's validation data (or ``data`` with
-    ``annotations`` and ``images``), on one or many processes."""
+    ``annotations`` and ``images``), on one or many processes.
+
+    ``engine``: the backbone runs on the sparse engine (torch backend: any image size, the same
+    detections as the masked model); ``False`` runs the masked model, for comparison.
+    """
+    resolve_device(device)  # a bad device is an error before anything is loaded
     checkpoint = load_checkpoint(path)
+    model = detector_from_checkpoint(checkpoint, source=str(path))
     config = DetectionConfig.from_checkpoint(checkpoint, data=data, batch_size=batch_size,
                                              val_annotations=annotations, val_images=images)
-    model = detector_from_checkpoint(checkpoint, source=str(path))
+    val = detection_split(config, "val")
+    trained = int(model.build_config["kwargs"]["num_classes"]) - 1
+    if trained != len(val.category_ids):
+        names = checkpoint.get("classes") or []
+        shown = f" ({', '.join(map(str, names))})" if names else ""
+        raise CheckpointError(f"{path} was trained on {trained} categories{shown}; the validation data "
+                              f"({config.data}) has {len(val.category_ids)} ({', '.join(val.classes)}): evaluate on "
+                              "annotations with the same categories")
     env = init_distributed(device)
     try:
-        val = detection_split(config, "val")
         loader = make_loader(val, max(config.batch_size // env.world_size, 1), ShardSampler(len(val), env), workers,
                              env.device, drop_last=False, collate_fn=collate)
-        result = evaluate_detector(model.to(env.device), loader, val.coco(), val.category_ids, env, progress=progress)
+        model = model.to(env.device)
+        if engine:
+            try:
+                model = convert_detector(model, backend="torch")
+            except UsageError as error:
+                raise UsageError(f"{error}; evaluate {path} with engine=False (`detect eval --masked`)") from None
+        result = evaluate_detector(model, loader, val.coco(), val.category_ids, env, progress=progress)
     finally:
         shutdown(env)
     return dataclasses.replace(result, target=config.target)
