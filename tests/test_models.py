@@ -207,8 +207,7 @@ def test_garbage_outside_conv1_mask_does_not_change_the_output(name):
     assert 0.05 < float(clean.stats.macs_ratio.mean()) < 0.95
     handles, masks = [], {}
     for _, block in model.named_dynamic_blocks():
-        layout = block.layout()
-        a, b = layout.a, layout.b
+        b = block.layout().b
 
         def corrupt(module, args, block=block):
             conv1_mask = masks[block.block_name].conv1.bool()
