@@ -6,7 +6,7 @@ and the engine (ONNX Runtime backend) runs token skipping, head skipping and sub
 gate density 0.5, and token skipping with every gate on. All of one batch are timed in the same run,
 in sequential blocks, fastest call (``laudnet.timing``); ONNX Runtime's thread pool does not spin.
 Weights are timm's initialisation (seed 0; latency does not depend on them); masks are the model's
-own decisions with masker biases set by ``laudnet.sparse.vit.set_vit_gate_density`` on 8 random
+own decisions with masker biases set by ``laudnet.sparse.set_gate_density`` on 8 random
 images. The table gives the realised MACs ratio, the engine's latency over the faster static runtime,
 and the goal of the ViT issue for token skipping: latency ratio <= 1.3 x MACs ratio.
 
@@ -25,9 +25,8 @@ import torch
 
 from laudnet import create_model
 from laudnet.reporting import dumps, format_table
-from laudnet.sparse import convert
+from laudnet.sparse import convert, set_gate_density
 from laudnet.sparse.benchmark import static_functions
-from laudnet.sparse.vit import set_vit_gate_density
 from laudnet.timing import fastest_in_blocks
 
 # (label, mode, density)
@@ -40,7 +39,7 @@ def engine(static: torch.nn.Module, mode: str, density: float, images: torch.Ten
     torch.manual_seed(0)
     model = create_model("laud_deit_small", mode=mode).eval()
     model.load_state_dict(static.state_dict(), strict=False)
-    set_vit_gate_density(model, density, images)
+    set_gate_density(model, density, images)
     return model, convert(model, backend="onnxruntime", threads=threads)
 
 

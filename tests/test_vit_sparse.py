@@ -9,9 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from laudnet.errors import UsageError
 from laudnet.models import create_model
-from laudnet.sparse import compare_latency, convert
+from laudnet.sparse import compare_latency, convert, set_gate_density
 from laudnet.sparse.export import executed_macs
-from laudnet.sparse.vit import SparseViT, set_vit_gate_density
+from laudnet.sparse.vit import SparseViT
 from laudnet.sparse.vit_onnx import OrtViTEngine, export_vit_onnx, lower_vit
 
 MODES = ("static", "spatial", "channel", "layer", "both", "spatial+layer", "channel+layer", "spatial+channel+layer")
@@ -21,7 +21,7 @@ TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=4, num_c
 def _model(mode: str, density: float, images: torch.Tensor):
     torch.manual_seed(0)
     model = create_model("laud_deit_small", mode=mode, **TINY).eval()
-    set_vit_gate_density(model, density, images)
+    set_gate_density(model, density, images)
     return model
 
 

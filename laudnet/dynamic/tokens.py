@@ -12,7 +12,7 @@ as the static model.
 
 Every masker's layer is ``linear``; its first ``decisions`` outputs are the *compute* logits, so a
 shift of ``linear.bias[:decisions]`` moves every decision alike (as
-:func:`laudnet.sparse.vit.set_vit_gate_density` does).
+:func:`laudnet.sparse.set_gate_density` does).
 """
 
 from __future__ import annotations

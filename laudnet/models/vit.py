@@ -11,10 +11,10 @@ modules it adopts under timm's names, so a timm checkpoint's state_dict loads as
 * ``channel`` (alias ``head``): a head masker on the mean token keeps groups of heads; a skipped
   head contributes nothing to ``proj`` (the engine slices it out of qkv and proj).
 * ``layer``: a masker on the mean token gates the attention and the MLP sub-blocks separately.
+* combinations (``spatial+channel+layer``, ...): all of the above in one block.
 
 The head and sub-block maskers read the mean of the block's input tokens (the class token alone
 would be the same for every image in the first block).
-* combinations (``spatial+channel+layer``, ...): all of the above in one block.
 
 With every gate on, each mode computes timm's model. Statistics reuse the CNN fields of
 :class:`~laudnet.dynamic.stats.BlockStats` (so the trainer, its sparsity loss and

@@ -2,12 +2,14 @@
 
 Benchmarks of the sparse engine and the device measurements need models that skip a known
 fraction of their work. :func:`set_gate_density` shifts each masker's *compute* logit
-biases so that the given fraction of its decisions on a set of images is *compute*; the
+biases so that the given fraction of its decisions on a set of images is *compute* (spatial
+cells, channel groups and block gates of CNNs; tokens, head groups and sub-blocks of ViTs); the
 masks remain the model's own decisions, so the engine and the masked model agree on them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +17,7 @@ from torch import nn
 
 from ..dynamic.maskers import ChannelMasker, SpatialMasker
 from ..models.backbone import DynamicBackbone
-from ..models.blocks import DynamicBottleneck
+from ..models.vit import LaudViTBlock
 from ..errors import UsageError
 
 
@@ -73,6 +75,33 @@ def _randomize_if_untrained(layer: nn.Module, generator: torch.Generator) -> Non
     layer.weight.copy_(noise.to(layer.weight))
 
 
+def _block_margins(block: nn.Module, x: torch.Tensor,
+                   generator: torch.Generator) -> Iterator[tuple[nn.Module, int, torch.Tensor]]:
+    """Each masker of ``block`` (a CNN bottleneck or a ViT block) on the block's input ``x``: its
+    decision layer (given random weights first if untrained), its decision count and its margins."""
+    if isinstance(block, LaudViTBlock):
+        summary = x.mean(dim=1)  # head and sub-block maskers read the mean token
+        for masker, inputs in ((block.masker_token, x[:, 1:]), (block.masker_head, summary),
+                               (block.masker_layer, summary)):
+            if masker is not None:
+                _randomize_if_untrained(masker.linear, generator)
+                logits = masker.logits(inputs)
+                yield masker.linear, masker.decisions, (logits[:, 0] - logits[:, 1]).reshape(-1)
+        return
+    for masker in (block.masker_spatial, block.masker_channel):
+        if masker is None:
+            continue
+        layer, decisions = _decision_layer(masker)
+        _randomize_if_untrained(layer, generator)
+        captured: list[torch.Tensor] = []
+        handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        try:
+            block.compute_masks(x)
+        finally:
+            handle.remove()
+        yield layer, decisions, _margins(captured[0], decisions)
+
+
 @torch.no_grad()
 def set_gate_density(
     model: DynamicBackbone, density: float, images: torch.Tensor, seed: int = 0
@@ -97,20 +126,9 @@ def set_gate_density(
     generator = torch.Generator().manual_seed(seed)
     reached: dict[str, tuple[float, int]] = {}
 
-    def set_block(block: DynamicBottleneck, args: tuple) -> None:
+    def set_block(block: nn.Module, args: tuple) -> None:
         on, total = 0.0, 0
-        for masker in (block.masker_spatial, block.masker_channel):
-            if masker is None:
-                continue
-            layer, decisions = _decision_layer(masker)
-            _randomize_if_untrained(layer, generator)
-            captured: list[torch.Tensor] = []
-            handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
-            try:
-                block.compute_masks(args[0])
-            finally:
-                handle.remove()
-            margins = _margins(captured[0], decisions)
+        for layer, decisions, margins in _block_margins(block, args[0], generator):
             shift = _shift(margins, density)
             layer.bias[:decisions] += shift
             on += float((margins + shift >= 0).sum())

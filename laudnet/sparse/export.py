@@ -131,7 +131,13 @@ def export_onnx(model: DynamicBackbone, path: PathLike, example_input: torch.Ten
     check_writable(path)
     example_input = example_input[:1] if batch == 1 else example_input
     graph = export_model(model, example_input, batch)
-    check = check_export(graph, model, example_input[:1] if _batch_of(graph) == 1 else example_input)
+    return write_checked(graph, model, example_input[:1] if _batch_of(graph) == 1 else example_input, path)
+
+
+def write_checked(graph: onnx.ModelProto, model: nn.Module, example: torch.Tensor, path: PathLike) -> ExportCheck:
+    """Run ``graph`` in ONNX Runtime on ``example`` against ``model`` and write it (atomically) to ``path``
+    only if the relative logit error is at most :data:`EXPORT_TOLERANCE`."""
+    check = check_export(graph, model, example)
     if not check.relative_error <= EXPORT_TOLERANCE:
         raise UsageError(f"the exported graph's logits differ from the model's by {check.relative_error:.2e} "
                          f"(relative; allowed {EXPORT_TOLERANCE:g}): not written")

@@ -10,8 +10,7 @@ and channels are found with ``NonZero``, and
 * **spatial**: conv1 runs on the rows conv2 reads (``Gather`` + ``Gemm``), conv2 on the selected
   3×3 windows of those rows (an im2col ``Gather`` + ``Gemm``, a batched ``MatMul`` for RegNetY's
   grouped conv), conv3 on the active rows, whose results replace the shortcut's rows
-  (``ScatterND``); a block whose positions are all on runs the dense path, one whose positions
-  are all off only its shortcut;
+  (``ScatterND``); a block whose positions are all off runs only its shortcut;
 * **channel**: the active channels' rows of every weight are gathered (weights are stored so a
   selection is contiguous rows) and the products run on them;
 * **both**: the spatial path on the active channels.

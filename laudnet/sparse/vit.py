@@ -16,8 +16,7 @@ decisions are the model's, and then:
 The attention is written as matrix products, so ``torch.utils.flop_counter`` sees every
 multiply-accumulate: at batch 1 the engine executes exactly the dynamic MACs the model reports
 (in a batch, samples with fewer tokens than the batch's most are padded in the attention's two
-products). :func:`set_vit_gate_density` sets the gates of an untrained model to a density, as
-:func:`~laudnet.sparse.density.set_gate_density` does for CNNs.
+products). :func:`~laudnet.sparse.density.set_gate_density` sets the gates of an untrained model to a density.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from torch import nn
 
 from ..errors import UsageError
 from ..models.vit import LaudViT, LaudViTBlock, TokenMasks
-from .density import GateDensity, _randomize_if_untrained, _shift
 from .executor import BACKENDS, register_converter
 
 # Attention logit of a padding key: finite, so a row of padding stays finite, and far below any real logit.
@@ -278,47 +276,3 @@ def convert_vit(model: LaudViT, backend: str = "auto", threads: int | None = Non
 
 
 register_converter(lambda model: isinstance(model, LaudViT), convert_vit)
-
-
-@torch.no_grad()
-def set_vit_gate_density(model: LaudViT, density: float, images: torch.Tensor, seed: int = 0) -> GateDensity:
-    """Shift every masker's *compute* biases so that a ``density`` fraction of its decisions on ``images``
-    compute (tokens, head groups and sub-blocks alike), block after block, as
-    :func:`~laudnet.sparse.density.set_gate_density` does for CNNs (all-zero maskers first get random
-    weights from ``seed``). Returns the density reached on ``images``."""
-    if not 0.0 <= density <= 1.0:
-        raise UsageError(f"density must be in [0, 1], got {density}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise UsageError(f"images: expected a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
-    model.eval()
-    model.set_forced_gates(None)
-    generator = torch.Generator().manual_seed(seed)
-    reached: dict[str, tuple[float, int]] = {}
-
-    def set_block(block: LaudViTBlock, args: tuple) -> None:
-        x = args[0]
-        on, total = 0.0, 0
-        summary = x.mean(dim=1)
-        for masker, inputs in ((block.masker_token, x[:, 1:]), (block.masker_head, summary),
-                               (block.masker_layer, summary)):
-            if masker is None:
-                continue
-            _randomize_if_untrained(masker.linear, generator)
-            logits = masker.logits(inputs)
-            margins = (logits[:, 0] - logits[:, 1]).reshape(-1)
-            shift = _shift(margins, density)
-            masker.linear.bias[:masker.decisions] += shift
-            on += float((margins + shift >= 0).sum())
-            total += margins.numel()
-        if total:
-            reached[block.block_name] = (on, total)
-
-    handles = [block.register_forward_pre_hook(set_block) for block in model.blocks]
-    try:
-        model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    on = sum(v[0] for v in reached.values())
-    total = sum(v[1] for v in reached.values())
-    return GateDensity(float(density), on / total if total else 1.0, {n: v[0] / v[1] for n, v in reached.items()})

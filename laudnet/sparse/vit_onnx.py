@@ -19,7 +19,6 @@ takes one image, and :class:`OrtViTEngine` runs a batch image by image.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +28,12 @@ from onnx import TensorProto
 from torch import nn
 
 from ..errors import UsageError
-from ..io import PathLike, atomic_open, check_writable
+from ..io import PathLike, check_writable
 from ..models.vit import LaudViT, LaudViTBlock
-from .export import EXPORT_TOLERANCE, ExportCheck, check_export, ort_session
+from .export import ExportCheck, ort_session, write_checked
 from .graph import Graph, tensor_input
 from .vit import PADDING_LOGIT, SparseViT, SparseViTBlock
 
-log = logging.getLogger(__name__)
 
 INPUT, OUTPUT = "images", "logits"
 
@@ -291,15 +289,7 @@ def export_vit_onnx(model: LaudViT, path: PathLike, example_input: torch.Tensor,
     if batch not in (None, 1) and needs_batch_one(model):
         raise UsageError(f"{model.name} has head masks: it exports for batch 1 only, got batch {batch}")
     example = example_input[:1] if batch_one else example_input
-    graph = lower_vit(model, batch_one)
-    check = check_export(graph, model, example)
-    if not check.relative_error <= EXPORT_TOLERANCE:
-        raise UsageError(f"the exported graph's logits differ from the model's by {check.relative_error:.2e} "
-                         f"(relative; allowed {EXPORT_TOLERANCE:g}): not written")
-    with atomic_open(path, "wb") as handle:
-        handle.write(graph.SerializeToString())
-    log.info("wrote %s (relative logit error %.1e on the example)", path, check.relative_error)
-    return check
+    return write_checked(lower_vit(model, batch_one), model, example, path)
 
 
 class OrtViTEngine(nn.Module):
