@@ -11,7 +11,7 @@ from helpers import randomize_
 from laudnet import create_model
 from laudnet.cli import main
 from laudnet.errors import UsageError
-from laudnet.sparse import convert, set_gate_density
+from laudnet.sparse import SparseModel, convert, set_gate_density
 from laudnet.sparse import export as export_module
 from laudnet.sparse.export import executed_macs, export_model, export_onnx, ort_session
 
@@ -153,6 +153,32 @@ def test_the_onnxruntime_engine_is_the_exported_graph():
     images = torch.randn(2, 3, *SIZE)
     with torch.no_grad():
         assert _relative(engine(images).numpy(), model(images)) <= 1e-4
+
+
+def _convs_on_gathered_weights(graph: onnx.GraphProto) -> int:
+    """``Conv`` nodes (in the graph and its ``If`` branches) whose weights a ``Gather`` makes."""
+    gathered = {out for node in graph.node if node.op_type == "Gather" for out in node.output}
+    count = sum(node.op_type == "Conv" and node.input[1] in gathered for node in graph.node)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                count += _convs_on_gathered_weights(attribute.g)
+    return count
+
+
+@pytest.mark.parametrize("mode, kwargs", [("channel", {"channel_granularity": "1-2-4-1"}),
+                                          ("spatial-channel-layer-both", {"spatial_granularity": 2})])
+def test_the_onnxruntime_engine_convolves_the_active_channels(mode, kwargs):
+    """For ONNX Runtime alone, channel-masked ResNet blocks convolve NCHW with gathered weights (the
+    exported file keeps constant conv weights, which OpenVINO needs); the logits are the masked model's."""
+    model = _model("laud_resnet50", mode, **kwargs)
+    engine = convert(model, backend="onnxruntime")
+    images = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        assert _relative(engine(images).numpy(), model(images)) <= 1e-4
+    session_graph = export_module.lower(SparseModel(model), SIZE, None, portable=False).graph
+    assert _convs_on_gathered_weights(session_graph) > 0
+    assert _convs_on_gathered_weights(export_model(model, images[:1]).graph) == 0
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

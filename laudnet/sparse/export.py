@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import UsageError
 from ..io import PathLike, atomic_open, check_writable
 from ..models.backbone import DynamicBackbone
+from ..models.vit import LaudViT
 from .executor import SparseModel
 from .lowering import INPUT, OUTPUT, lower
 
@@ -122,12 +123,17 @@ def check_export(graph: onnx.ModelProto, model: DynamicBackbone, example_input: 
 
 def export_onnx(model: DynamicBackbone, path: PathLike, example_input: torch.Tensor,
                 batch: int | None = None) -> ExportCheck:
-    """Write ``model`` as an ONNX file whose graph decides the masks and computes only the selected work.
+    """Write ``model`` (a LAUD CNN or ViT) as an ONNX file whose graph decides the masks and computes only
+    the selected work.
 
     The file is checked in ONNX Runtime on ``example_input`` first (relative logit error at most
     :data:`EXPORT_TOLERANCE`) and written atomically only if it passes; a path that cannot be written
     fails before anything is built.
     """
+    if isinstance(model, LaudViT):
+        from .vit_onnx import export_vit_onnx
+
+        return export_vit_onnx(model, path, example_input, batch)
     check_writable(path)
     example_input = example_input[:1] if batch == 1 else example_input
     graph = export_model(model, example_input, batch)
@@ -174,7 +180,7 @@ class OrtEngine(nn.Module):
         """The ONNX Runtime session for images of ``input_hw`` (built on first use) and its fixed batch."""
         key = (input_hw, features)
         if key not in self._sessions:
-            graph = lower(SparseModel(self._model[0]), input_hw, None, features=features)
+            graph = lower(SparseModel(self._model[0]), input_hw, None, features=features, portable=False)
             self._sessions[key] = (ort_session(graph, self.threads), _batch_of(graph))
         return self._sessions[key]
 

@@ -12,7 +12,9 @@ and channels are found with ``NonZero``, and
   grouped conv), conv3 on the active rows, whose results replace the shortcut's rows
   (``ScatterND``); a block whose positions are all off runs only its shortcut;
 * **channel**: the active channels' rows of every weight are gathered (weights are stored so a
-  selection is contiguous rows) and the products run on them;
+  selection is contiguous rows) and the products run on them; in the graph for ONNX Runtime alone
+  (``portable=False``, the engine's), blocks without conv groups convolve NCHW with the gathered
+  weights instead (ONNX Runtime's ``Conv`` takes them; OpenVINO's needs constant weights);
 * **both**: the spatial path on the active channels.
 
 Static and whole-block-gated blocks take NCHW activations and run plain ``Conv`` s, so that ONNX
@@ -89,9 +91,14 @@ def _np(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().float().contiguous().numpy()
 
 
-def lower(engine: SparseModel, input_hw: tuple[int, int], batch: int | None, features: bool = False) -> onnx.ModelProto:
+def lower(engine: SparseModel, input_hw: tuple[int, int], batch: int | None, features: bool = False,
+          portable: bool = True) -> onnx.ModelProto:
     """The ONNX model of ``engine`` for ``(B, 3, H, W)`` images (``batch`` None: any batch size): its logits,
-    or with ``features`` the output of every stage (``stage1`` … ``stage4``, what a detector's pyramid reads)."""
+    or with ``features`` the output of every stage (``stage1`` … ``stage4``, what a detector's pyramid reads).
+
+    ``portable``: a graph OpenVINO runs too (convolutions with constant weights only); ``False``: for
+    ONNX Runtime alone, whose ``Conv`` takes gathered weights, so channel-masked blocks without conv
+    groups convolve NCHW on their active channels instead of running products on rows."""
     needs_one = any(block.source.masker_channel is not None for block in engine.blocks)
     if needs_one and batch not in (None, 1):
         raise UsageError(f"a model with channel masks exports for batch 1 only, got batch {batch}")
@@ -102,7 +109,7 @@ def lower(engine: SparseModel, input_hw: tuple[int, int], batch: int | None, fea
     stages = []
     for i, block in enumerate(engine.blocks):
         with g.scope(block.name):
-            lowering = BlockLowering(g, block, batch)
+            lowering = BlockLowering(g, block, batch, portable)
             x = lowering.lower(as_rows(g, x) if lowering.takes_rows(x.hw) else as_nchw(g, x))
         if i + 1 == len(engine.blocks) or engine.blocks[i + 1].source.stage != block.source.stage:
             stages.append(x)
@@ -160,12 +167,15 @@ def _stem(g: Graph, engine: SparseModel, input_hw: tuple[int, int]) -> Feature:
 class BlockLowering:
     """One residual bottleneck in the graph: its masks, and the paths of :mod:`.bottleneck`."""
 
-    def __init__(self, g: Graph, block: SparseBlock, batch: int | None) -> None:
+    def __init__(self, g: Graph, block: SparseBlock, batch: int | None, portable: bool = True) -> None:
         self.g = g
         self.block = block
         self.shape = block.program.shape
         self.batch = batch
         self.spec = self.shape.spec
+        # Channel-masked blocks convolve NCHW with gathered weights (ONNX Runtime only; no conv groups).
+        self.sliced_convs = not portable and self.shape.groups == 1 and self.spec.has_channel \
+            and not self.spec.has_spatial
 
     # -- helpers ------------------------------------------------------------------------------------
     def w(self, name: str) -> str:
@@ -196,6 +206,8 @@ class BlockLowering:
         blocks pass rows on, so no transpose runs between them; static and whole-block-gated blocks
         convolve NCHW (ONNX Runtime's blocked layout, bias, ReLU and residual sum fused)."""
         spec = self.spec
+        if self.sliced_convs:
+            return False
         if spec.has_channel:
             return True
         return (spec.has_spatial and spec.mode != "layer"
@@ -387,6 +399,8 @@ class BlockLowering:
         (with gathered weights, since OpenVINO convolves with constant weights only and the active conv
         groups vary)."""
         g, s = self.g, self.shape
+        if channels is not None and self.sliced_convs:
+            return self.sliced(x, channels, shortcut)
         if channels is not None or x.rows:
             return self.spatial(x, shortcut, None, None, channels)
         with g.scope("conv1"):
@@ -401,6 +415,26 @@ class BlockLowering:
         with g.scope("conv3"):
             branch = g.Conv(h2, self.conv_weight("w3"), self.w("b3"), kernel_shape=[1, 1])
             out = g.Relu(g.Add(branch, shortcut))
+        return self.output(out, x)
+
+    def sliced(self, x: Feature, channels: ChannelSelection, shortcut: str) -> Feature:
+        """Every position computes on the active channels: NCHW convolutions with the active channels'
+        weights gathered (conv1's output rows, conv2's both axes, conv3's input columns)."""
+        g, s, index = self.g, self.shape, channels.index
+        with g.scope("conv1"):
+            w1 = g.Gather(self.conv_weight("w1"), index, axis=0)
+            h1 = g.Relu(g.Conv(x.value, w1, g.Gather(self.w("b1"), index, axis=0), kernel_shape=[1, 1]))
+        with g.scope("conv2"):
+            w2 = g.Gather(g.Gather(g.const(_np(self.block.w2), hint="w2"), index, axis=0), index, axis=1)
+            h2 = g.Relu(g.Conv(h1, w2, g.Gather(self.w("b2"), index, axis=0), kernel_shape=[3, 3],
+                               strides=[s.stride] * 2, pads=[1, 1, 1, 1]))
+        if s.se_channels:
+            with g.scope("se"):
+                scale = self.se_scale(g.ReduceMean(h2, axes=[2, 3], keepdims=0), channels)
+                h2 = g.Mul(h2, g.Unsqueeze(scale, g.ints(2, 3)))
+        with g.scope("conv3"):
+            w3 = g.Gather(self.conv_weight("w3"), index, axis=1)
+            out = g.Relu(g.Add(g.Conv(h2, w3, self.w("b3"), kernel_shape=[1, 1]), shortcut))
         return self.output(out, x)
 
     def se_scale(self, pooled: str, channels: ChannelSelection | None) -> str:
