@@ -2,7 +2,8 @@
 
 For each model, batch and thread count, the static network runs in eager PyTorch (NCHW and
 channels-last), ONNX Runtime and OpenVINO, and the engine (ONNX Runtime backend; the torch backend
-at batch 1) runs every configuration: layer skipping, channel (G = 1), spatial (S = 4-4-2-1 and
+at batch 1) runs every configuration: layer skipping, channel (the finest valid G: 1 for
+ResNets, the conv group width for RegNetY), spatial (S = 4-4-2-1 and
 S = 1), each at gate density 0.5 and with every gate on. All of one group are timed in the same run,
 in sequential blocks, fastest call (``laudnet.timing``); ONNX Runtime's thread pool does not spin.
 Masks are the model's own decisions with masker biases set by ``laudnet.sparse.set_gate_density``
@@ -28,7 +29,7 @@ from laudnet.sparse import convert, set_gate_density
 from laudnet.sparse.benchmark import static_reference, static_runners
 from laudnet.timing import fastest_in_blocks
 
-CONFIGS = (("layer", {}), ("channel G=1", {"mode": "channel", "channel_granularity": 1}),
+CONFIGS = (("layer", {}), ("channel", {"mode": "channel"}),
            ("spatial S=4-4-2-1", {"mode": "spatial", "spatial_granularity": "4-4-2-1"}),
            ("spatial S=1", {"mode": "spatial", "spatial_granularity": 1}))
 DENSITIES = (0.5, 1.0)
