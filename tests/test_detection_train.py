@@ -78,6 +78,10 @@ def test_predict_draws_boxes_labels_and_backbone_masks(detection_run, tmp_path, 
     assert int(message.split(": ")[1].split()[0]) >= 1  # at least one confident detection
     width, height = Image.open(drawing).size
     assert width > 3 * height  # the detections and one panel per stage
+    # The masked backbone (for comparison) draws the same detections at the same MACs ratio.
+    assert main(["detect", "predict", str(image), "--checkpoint", str(output / "best.pth"),
+                 "-o", str(tmp_path / "masked.png"), "--masked"]) == 0
+    assert capsys.readouterr().out.replace("masked.png", "out.png") == message
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
