@@ -26,7 +26,7 @@ import torch
 from laudnet import create_model
 from laudnet.reporting import dumps, format_table
 from laudnet.sparse import convert, set_gate_density
-from laudnet.sparse.benchmark import static_reference, static_runners
+from laudnet.sparse.benchmark import fastest_name, named_group, static_reference, static_runners
 from laudnet.timing import fastest_in_blocks
 
 CONFIGS = (("layer", {}), ("channel", {"mode": "channel"}),
@@ -63,8 +63,8 @@ def measure_group(name: str, batch: int, threads: int, blocks: int, calls: int) 
             functions[f"{config}@{density}/{backend}"] = lambda engine=engine: engine(timed)
     with torch.no_grad():
         times = fastest_in_blocks(functions, blocks=blocks, calls=calls, warmup=2)
-    statics = {k.split("/", 1)[1]: v for k, v in times.items() if k.startswith("static/")}
-    best = min(statics, key=statics.get)
+    statics = named_group(times, "static")
+    best = fastest_name(statics)
     rows = []
     for (config, density), ratio in ratios.items():
         engine_ms = times[f"{config}@{density}/onnxruntime"]

@@ -26,7 +26,7 @@ import torch
 from laudnet import create_model
 from laudnet.reporting import dumps, format_table
 from laudnet.sparse import convert, set_gate_density
-from laudnet.sparse.benchmark import static_functions
+from laudnet.sparse.benchmark import fastest_name, named_group, static_functions
 from laudnet.timing import fastest_in_blocks
 
 # (label, mode, density)
@@ -59,13 +59,14 @@ def measure(batch: int, threads: int, blocks: int, calls: int) -> list[dict]:
         with torch.no_grad():
             ratios[label] = float(model(timed, return_stats=True).stats.macs_ratio.mean())
     times = fastest_in_blocks(functions, blocks=blocks, calls=calls, warmup=2)
-    best = min(times["static/onnxruntime"], times["static/openvino"])
+    statics = named_group(times, "static")
+    best = statics[fastest_name(statics)]
     rows = []
     for label, mode, density in CONFIGS:
         ms = times[f"engine/{label}"]
         rows.append({"config": label, "density": density, "batch": batch, "threads": threads,
-                     "macs_ratio": ratios[label], "static_onnxruntime_ms": times["static/onnxruntime"],
-                     "static_openvino_ms": times["static/openvino"], "engine_ms": ms, "vs_best": ms / best,
+                     "macs_ratio": ratios[label], "static_onnxruntime_ms": statics["onnxruntime"],
+                     "static_openvino_ms": statics["openvino"], "engine_ms": ms, "vs_best": ms / best,
                      "goal": GOAL * ratios[label] if label == "token" else None})
     return rows
 

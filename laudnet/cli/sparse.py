@@ -122,14 +122,18 @@ def bench_command(args: argparse.Namespace) -> int:
     density = "the model's own gates" if args.density is None else f"density {args.density:g}"
     print(f"{model.name}  {spec}  input {h}x{w}  batch {args.batch}  {density}  {threads} threads, "
           f"fastest of {result.blocks} blocks of {result.calls} calls")
-    rows = [[f"static, {name}", ms, ms / result.static_ms] for name, ms in result.static.items()]
-    rows += [[f"sparse engine, {name}", ms, ms / result.static_ms] for name, ms in result.engine.items()]
+    rows = _rows("static", result.static, result.static_ms) + _rows("sparse engine", result.engine, result.static_ms)
     if result.masked_ms is not None:
         rows.append(["masked model, eager", result.masked_ms, result.masked_ms / result.static_ms])
     print(format_table(["", "latency ms", f"vs static {result.best_static}"], rows))
     print(f"MACs ratio realised: {result.macs_ratio:.3f}; efficiency (engine/static latency / MACs ratio): "
           f"{result.efficiency():.2f}")
     return 0
+
+
+def _rows(label: str, latencies: dict[str, float], base: float) -> list[list]:
+    """Table rows ``[f"{label}, {name}", ms, ms / base]``, one per timed runtime or backend."""
+    return [[f"{label}, {name}", ms, ms / base] for name, ms in latencies.items()]
 
 
 def detector_bench_command(args: argparse.Namespace) -> int:
@@ -160,8 +164,8 @@ def detector_bench_command(args: argparse.Namespace) -> int:
     print(f"{args.detector} on {result.backbone}  {spec}  padded batch {result.input_hw[0]}x{result.input_hw[1]}  "
           f"batch {result.batch}  {density}  {threads} threads, fastest of {args.blocks} blocks of {args.calls} calls")
     base = result.backbone_static_ms
-    rows = [[f"backbone static, {name}", ms, ms / base] for name, ms in result.backbone_static.items()]
-    rows += [[f"backbone sparse engine, {name}", ms, ms / base] for name, ms in result.backbone_engine.items()]
+    rows = _rows("backbone static", result.backbone_static, base)
+    rows += _rows("backbone sparse engine", result.backbone_engine, base)
     print(format_table(["", "latency ms", f"vs static {result.best_static}"], rows))
     rows = [[f"detector, backbone static {result.best_static}", result.detector_static, 1.0]]
     rows += [[f"detector, backbone sparse engine {name}", ms, ms / result.detector_static]

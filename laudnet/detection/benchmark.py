@@ -23,7 +23,7 @@ from torch import nn
 from torchvision.models import ResNet
 from torchvision.models._utils import IntermediateLayerGetter
 
-from ..sparse.benchmark import STATIC_RUNTIMES, static_functions, static_reference
+from ..sparse.benchmark import STATIC_RUNTIMES, fastest_name, named_group, static_functions, static_reference
 from ..timing import fastest_in_blocks
 from .models import laud_backbone
 from .sparse import convert_detector, with_backbone_engine
@@ -55,7 +55,7 @@ class DetectorLatencyComparison:
 
     @property
     def best_static(self) -> str:
-        return min(self.backbone_static, key=self.backbone_static.get)
+        return fastest_name(self.backbone_static)
 
     @property
     def backbone_static_ms(self) -> float:
@@ -139,9 +139,8 @@ def compare_detectors_latency(
             functions[f"engine/{name}/{backend}"] = lambda engine=engine: engine.features(batch)
     blocks, calls = backbone_timing
     backbone = fastest_in_blocks(functions, blocks=blocks, calls=calls, warmup=warmup)
-    static_ms = {k.split("/", 1)[1]: v for k, v in backbone.items() if k.startswith("static/")}
-    best = min(static_ms, key=static_ms.get)
-    static_detector = with_backbone_engine(first, _FunctionStages(static_fns[best]))
+    static_ms = named_group(backbone, "static")
+    static_detector = with_backbone_engine(first, _FunctionStages(static_fns[fastest_name(static_ms)]))
     whole: dict[str, Callable[[], object]] = {"static": lambda: static_detector(images)}
     whole.update({f"engine/{name}/{backend}": (lambda c=c: c(images)) for (name, backend), c in converted.items()})
     blocks, calls = detector_timing

@@ -39,6 +39,16 @@ STATIC_RUNTIMES: tuple[str, ...] = ("eager", "eager_channels_last", "onnxruntime
 ENGINE_BACKENDS: tuple[str, ...] = ("onnxruntime", "torch")
 
 
+def named_group(times: dict[str, float], prefix: str) -> dict[str, float]:
+    """The latencies of the candidates timed as ``"{prefix}/{name}"``, keyed by ``name``."""
+    return {k.split("/", 1)[1]: v for k, v in times.items() if k.startswith(f"{prefix}/")}
+
+
+def fastest_name(latencies: dict[str, float]) -> str:
+    """The name of the fastest candidate (e.g. the best static runtime: the baseline)."""
+    return min(latencies, key=latencies.get)
+
+
 @dataclass
 class LatencyComparison:
     """Fastest latencies (ms per batch) of the static network and the engine, measured in one run.
@@ -62,7 +72,7 @@ class LatencyComparison:
 
     @property
     def best_static(self) -> str:
-        return min(self.static, key=self.static.get)
+        return fastest_name(self.static)
 
     @property
     def static_ms(self) -> float:
@@ -214,8 +224,8 @@ def compare_latency(
         input_hw=(int(images.shape[-2]), int(images.shape[-1])),
         threads=threads,
         macs_ratio=ratio,
-        static={k.split("/", 1)[1]: v for k, v in times.items() if k.startswith("static/")},
-        engine={k.split("/", 1)[1]: v for k, v in times.items() if k.startswith("engine/")},
+        static=named_group(times, "static"),
+        engine=named_group(times, "engine"),
         masked_ms=times.get("masked"),
         blocks=blocks,
         calls=calls,

@@ -129,6 +129,25 @@ def register_converter(accepts: Callable[[nn.Module], bool], build: Callable[...
     _CONVERTERS.append((accepts, build))
 
 
+def check_backend(backend: str) -> None:
+    """Refuse a backend name the engine does not have (one line naming the accepted ones)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+
+
+def resolve_backend(model: nn.Module, backend: str, gpu_backend: str) -> str:
+    """``backend`` checked, with ``auto`` resolved: ``gpu_backend`` for a model on a GPU, ``onnxruntime``
+    on the CPU (which refuses a model on a GPU)."""
+    check_backend(backend)
+    on_gpu = next(model.parameters()).is_cuda
+    if backend == "auto":
+        return gpu_backend if on_gpu else "onnxruntime"
+    if backend == "onnxruntime" and on_gpu:
+        raise UsageError("the onnxruntime backend runs on the CPU; move the model to the CPU or use "
+                         f"backend={gpu_backend!r}")
+    return backend
+
+
 def convert(model: nn.Module, backend: str = "auto", threads: int | None = None) -> nn.Module:
     """Build the sparse engine of a LAUD model (trained or not); same logits as ``model.eval()``.
 
@@ -142,8 +161,7 @@ def convert(model: nn.Module, backend: str = "auto", threads: int | None = None)
     :class:`~laudnet.errors.UsageError` for a model the engine cannot run exactly (e.g.
     ``channel_mask_placement="before_bn"``).
     """
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    check_backend(backend)
     from . import vit  # noqa: F401  (registers the LAUD-ViT engine; imported here, it imports this module)
 
     for accepts, build in _CONVERTERS:
@@ -151,13 +169,9 @@ def convert(model: nn.Module, backend: str = "auto", threads: int | None = None)
             return build(model, backend, threads)
     if not isinstance(model, DynamicBackbone):
         raise UsageError(f"convert: expected a LAUD model or a detector with a LAUD backbone, got {type(model).__name__}")
+    backend = resolve_backend(model, backend, "triton")
     model.eval()
-    on_gpu = next(model.parameters()).is_cuda
-    if backend == "auto":
-        backend = "triton" if on_gpu else "onnxruntime"
     if backend == "onnxruntime":
-        if on_gpu:
-            raise UsageError("the onnxruntime backend runs on the CPU; move the model to the CPU or use backend='triton'")
         from .export import OrtEngine
 
         return OrtEngine(model, threads=threads).eval()

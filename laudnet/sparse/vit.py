@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..models.vit import LaudViT, LaudViTBlock, TokenMasks
-from .executor import BACKENDS, register_converter
+from .executor import register_converter, resolve_backend
 
 # Attention logit of a padding key: finite, so a row of padding stays finite, and far below any real logit.
 PADDING_LOGIT = -1e9
@@ -258,17 +258,11 @@ class SparseViT(nn.Module):
 def convert_vit(model: LaudViT, backend: str = "auto", threads: int | None = None) -> nn.Module:
     """The sparse engine of a LAUD-ViT: ``torch`` (any device) or ``onnxruntime`` (CPU; ``auto`` on the
     CPU). The model is switched to eval mode; the torch engine shares its maskers."""
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+    backend = resolve_backend(model, backend, "torch")
     model.eval()
-    on_gpu = next(model.parameters()).is_cuda
-    if backend == "auto":
-        backend = "torch" if on_gpu else "onnxruntime"
     if backend == "triton":
         raise UsageError("the ViT engine has no Triton kernels: use backend='torch' on a GPU")
     if backend == "onnxruntime":
-        if on_gpu:
-            raise UsageError("the onnxruntime backend runs on the CPU; move the model to the CPU or use backend='torch'")
         from .vit_onnx import OrtViTEngine
 
         return OrtViTEngine(model, threads=threads).eval()
