@@ -12,6 +12,7 @@ from laudnet import create_model
 from laudnet.cli import main
 from laudnet.errors import UsageError
 from laudnet.sparse import SparseModel, convert, set_gate_density
+from laudnet.sparse import blocked
 from laudnet.sparse import export as export_module
 from laudnet.sparse.export import executed_macs, export_model, export_onnx, ort_session
 
@@ -153,6 +154,50 @@ def test_the_onnxruntime_engine_is_the_exported_graph():
     images = torch.randn(2, 3, *SIZE)
     with torch.no_grad():
         assert _relative(engine(images).numpy(), model(images)) <= 1e-4
+
+
+def _some_samples_only(model: torch.nn.Module, images: torch.Tensor) -> bool:
+    """Whether some gated block runs for some samples of ``images`` and not for others."""
+    with torch.no_grad():
+        blocks = model(images, return_stats=True).stats.blocks
+    return any(0 < int((b.conv3_density > 0).sum()) < len(images) for b in blocks if b.dynamic)
+
+
+@pytest.mark.parametrize("name", ["laud_resnet50", "laud_regnet_y_400mf"])
+@pytest.mark.parametrize("density", [0.0, 0.3, 0.7, 1.0])
+def test_the_onnxruntime_engine_skips_layers_sample_by_sample(name, density):
+    """Layer gates decided per sample in a batch (some blocks run for some samples only): the engine's
+    session, whose blocked values cross the ``If`` boundaries, returns the masked model's logits."""
+    model = _model(name, "layer", density=density)
+    images = torch.randn(5, 3, *SIZE, generator=torch.Generator().manual_seed(3))
+    assert _some_samples_only(model, images) == (0 < density < 1)
+    with torch.no_grad():
+        want = model(images)
+        assert _relative(convert(model, backend="onnxruntime")(images).numpy(), want) <= 1e-4
+
+
+def _reorders(graph: onnx.GraphProto, inside: bool = False) -> int:
+    """ONNX Runtime's layout reorders inside ``If`` branches (``inside``) or in the main graph."""
+    count = sum(inside and node.op_type.startswith("Reorder") for node in graph.node)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                count += _reorders(attribute.g, True)
+    return count
+
+
+def test_blocked_values_cross_the_if_boundaries():
+    """ONNX Runtime alone reorders every value entering or leaving a gated block's ``If`` to NCHW and
+    back; the engine's session keeps them blocked, with the residual sum and ReLU fused again."""
+    model = _model("laud_resnet50", "layer")
+    graph = export_module.lower(SparseModel(model), SIZE, None, portable=False)
+    assert _reorders(blocked.optimised(graph).graph) > 0
+    rewritten = blocked.keep_blocked(graph)
+    assert _reorders(rewritten.graph) == 0
+    branch = next(a.g for n in rewritten.graph.node if n.op_type == "If" for a in n.attribute
+                  if a.name == "then_branch")
+    assert [n.op_type for n in branch.node] == ["Conv"] * 3
+    assert len(branch.node[-1].input) == 4  # conv3 takes the shortcut as its fused sum
 
 
 def _convs_on_gathered_weights(graph: onnx.GraphProto) -> int:

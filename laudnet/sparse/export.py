@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..io import PathLike, atomic_open, check_writable
 from ..models.backbone import DynamicBackbone
 from ..models.vit import LaudViT
+from .blocked import keep_blocked
 from .executor import SparseModel
 from .lowering import INPUT, OUTPUT, lower
 
@@ -162,7 +163,8 @@ def _batch_of(graph: onnx.ModelProto) -> int | None:
 class OrtEngine(nn.Module):
     """A LAUD model's sparse engine run by ONNX Runtime on the CPU.
 
-    The maskers decide inside the graph. A graph is built for each input size the engine meets
+    The maskers decide inside the graph. Its session runs ONNX Runtime's blocked layout across the
+    graph's ``If`` boundaries (:func:`~.blocked.keep_blocked`). A graph is built for each input size the engine meets
     (on first use; :func:`export_onnx` builds one and checks it): for any batch size where the model
     allows it, else for one image at a time. It records no block statistics (the masks stay in the graph).
     """
@@ -181,7 +183,8 @@ class OrtEngine(nn.Module):
         key = (input_hw, features)
         if key not in self._sessions:
             graph = lower(SparseModel(self._model[0]), input_hw, None, features=features, portable=False)
-            self._sessions[key] = (ort_session(graph, self.threads), _batch_of(graph))
+            session = ort_session(keep_blocked(graph, self.threads), self.threads, layout=False)
+            self._sessions[key] = (session, _batch_of(graph))
         return self._sessions[key]
 
     def _run(self, x: torch.Tensor, features: bool) -> list[torch.Tensor]:

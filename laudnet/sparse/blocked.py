@@ -1,0 +1,230 @@
+"""ONNX Runtime's blocked activations kept across ``If`` boundaries.
+
+ONNX Runtime convolves in a blocked channel layout (NCHWc) that its optimiser introduces per graph:
+every value that enters or leaves an ``If`` branch is reordered back to NCHW, so a gated block pays
+four full passes over its activation (reorder in, reorder out, an unfused residual ``Add`` and
+``Relu``) that the static model does not. :func:`keep_blocked` lets ONNX Runtime optimise the
+engine's graph, then rewrites the optimised graph so that blocked values cross the boundaries as
+they are: a reorder back to NCHW that only feeds a reorder to blocked is dropped, residual sums,
+ReLUs, copies, batch gathers and scatters run on the blocked values, the masker's mean runs as a
+blocked global pooling, and a branch's last convolution takes the residual sum and ReLU as its
+fused post-operations again. Every rewrite computes the same values; a pattern it does not know
+keeps its NCHW reorders (correct, only slower).
+
+The result is specific to the machine it was made on (the block size is the CPU's), so it is made
+when a session is built and never written to a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+
+import onnx
+from onnx import helper
+
+NCHWC = "com.microsoft.nchwc"
+# Channels of a value rewritten to stay blocked must fill whole blocks (the largest block is 16), so
+# the blocked tensor's logical shape equals the NCHW one (``Shape`` reads the same).
+_BLOCK = 16
+_SAME_LAYOUT = {"Relu", "Identity"}  # one input, elementwise
+
+
+def keep_blocked(model: onnx.ModelProto, threads: int | None = None) -> onnx.ModelProto:
+    """``model`` as ONNX Runtime optimises it on this machine, with blocked activations kept across
+    ``If`` boundaries (load the result with the layout optimisation off: it is already applied)."""
+    result = optimised(model, threads)
+    _Rewriter().graph(result.graph, {}, {})
+    _drop_unused_reorders(result.graph)
+    _fuse_post_operations(result.graph)
+    return result
+
+
+def optimised(model: onnx.ModelProto, threads: int | None = None) -> onnx.ModelProto:
+    """``model`` after ONNX Runtime's every graph optimisation (its blocked layout included)."""
+    import onnxruntime as ort
+
+    from .export import session_options
+
+    with tempfile.TemporaryDirectory(prefix="laudnet_ort_") as folder:
+        path = os.path.join(folder, "optimised.onnx")
+        options = session_options(threads)
+        options.optimized_model_filepath = path
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return onnx.load(path)
+
+
+def _attribute(node: onnx.NodeProto, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _reorder_output(source: str, output: str, channels: int) -> onnx.NodeProto:
+    return helper.make_node("ReorderOutput", [source], [output], name=f"{output}/to_nchw", domain=NCHWC,
+                            channels=channels, channels_last=0)
+
+
+class _Rewriter:
+    """One pass over a graph and its branches; ``blocked`` maps an NCHW value to its blocked twin and
+    channel count, ``rename`` a dropped reorder's output to the value it repeated."""
+
+    def graph(self, graph: onnx.GraphProto, blocked: dict[str, tuple[str, int]],
+              rename: dict[str, str]) -> dict[str, tuple[str, int]]:
+        blocked, rename = dict(blocked), dict(rename)
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            node.input[:] = [rename.get(name, name) for name in node.input]
+            nodes.extend(self.node(node, blocked, rename))
+        del graph.node[:]
+        graph.node.extend(nodes)
+        for output in graph.output:
+            output.name = rename.get(output.name, output.name)
+        return blocked
+
+    def node(self, node: onnx.NodeProto, blocked: dict, rename: dict) -> list[onnx.NodeProto]:
+        op, inputs = node.op_type, list(node.input)
+        if node.domain == NCHWC and op == "ReorderOutput":
+            channels = _attribute(node, "channels", 0)
+            if _attribute(node, "channels_last", 0) == 0 and channels % _BLOCK == 0:
+                blocked[node.output[0]] = (inputs[0], channels)
+            return [node]
+        if node.domain == NCHWC and op == "ReorderInput":
+            if _attribute(node, "channels_last", 0) == 0 and inputs[0] in blocked:
+                rename[node.output[0]] = blocked[inputs[0]][0]
+                return []
+            return [node]
+        if node.domain not in ("", "ai.onnx"):
+            return [node]
+        if op == "If":
+            return self.branches(node, blocked, rename)
+        if op == "Shape" and inputs[0] in blocked and _attribute(node, "start", 0) == 0 and \
+                _attribute(node, "end") is None:
+            node.input[0] = blocked[inputs[0]][0]  # the same shape: the channels fill whole blocks
+            return [node]
+        if op == "ReduceMean" and inputs[0] in blocked and self.is_spatial_mean(node):
+            return self.pooled(node, *blocked[inputs[0]])
+        twin = self.blocked_inputs(node, blocked)
+        if twin is None:
+            return [node]
+        channels = blocked[inputs[0]][1]
+        output = node.output[0]
+        node.input[:] = twin
+        node.output[0] = f"{output}@nchwc"
+        blocked[output] = (node.output[0], channels)
+        return [node, _reorder_output(node.output[0], output, channels)]
+
+    @staticmethod
+    def blocked_inputs(node: onnx.NodeProto, blocked: dict) -> list[str] | None:
+        """The node's inputs with their blocked twins where the node computes the same on blocked values."""
+        op, inputs = node.op_type, list(node.input)
+        if op in _SAME_LAYOUT and inputs[0] in blocked:
+            return [blocked[inputs[0]][0]]
+        if op == "Add" and len(inputs) == 2 and all(i in blocked for i in inputs) and \
+                blocked[inputs[0]][1] == blocked[inputs[1]][1]:  # residual sums: operands of one shape
+            return [blocked[i][0] for i in inputs]
+        if op == "Gather" and inputs[0] in blocked and _attribute(node, "axis", 0) == 0:  # samples of a batch
+            return [blocked[inputs[0]][0], inputs[1]]
+        if op == "ScatterND" and inputs[0] in blocked and inputs[2] in blocked and \
+                _attribute(node, "reduction", b"none") in (b"none", "none"):
+            return [blocked[inputs[0]][0], inputs[1], blocked[inputs[2]][0]]  # whole samples (indices (k, 1))
+        return None
+
+    @staticmethod
+    def is_spatial_mean(node: onnx.NodeProto) -> bool:
+        return len(node.input) == 1 and list(_attribute(node, "axes", [])) == [2, 3] and \
+            _attribute(node, "keepdims", 1) == 0
+
+    @staticmethod
+    def pooled(node: onnx.NodeProto, source: str, channels: int) -> list[onnx.NodeProto]:
+        """A mean over positions ``(B, C)`` as a blocked global pooling: only ``B x C`` values are reordered."""
+        output = node.output[0]
+        pooled, image = f"{output}@nchwc", f"{output}@nchw"
+        return [helper.make_node("GlobalAveragePool", [source], [pooled], name=pooled, domain=NCHWC),
+                _reorder_output(pooled, image, channels),
+                helper.make_node("Flatten", [image], [output], name=output, axis=1)]
+
+    def branches(self, node: onnx.NodeProto, blocked: dict, rename: dict) -> list[onnx.NodeProto]:
+        """Rewrite both branches; outputs that are blocked in both leave the ``If`` blocked."""
+        graphs = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+        inner = {name: self.graph(g, blocked, rename) for name, g in graphs.items()}
+        if set(graphs) != {"then_branch", "else_branch"}:
+            return [node]
+        extra = []
+        for k, output in enumerate(node.output):
+            results = [graphs[b].output[k].name for b in ("then_branch", "else_branch")]
+            twins = [inner[b].get(r) for b, r in zip(("then_branch", "else_branch"), results)]
+            if None in twins or twins[0][1] != twins[1][1]:
+                continue
+            for branch, (twin, _) in zip(("then_branch", "else_branch"), twins):
+                graph = graphs[branch]
+                if not any(twin in n.output for n in graph.node):  # a branch output must be made in the branch
+                    graph.node.append(helper.make_node("Identity", [twin], [f"{twin}@out"], name=f"{twin}@out"))
+                    twin = f"{twin}@out"
+                graph.output[k].name = twin
+            channels = twins[0][1]
+            node.output[k] = f"{output}@nchwc"
+            blocked[output] = (node.output[k], channels)
+            extra.append(_reorder_output(node.output[k], output, channels))
+        return [node, *extra]
+
+
+def _uses(graph: onnx.GraphProto) -> Counter:
+    """How often each name is read in ``graph``: node inputs, its outputs and its branches' reads."""
+    uses = Counter(name for node in graph.node for name in node.input)
+    uses.update(output.name for output in graph.output)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                uses.update(_uses(attribute.g))
+    return uses
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield attribute.g
+
+
+def _drop_unused_reorders(graph: onnx.GraphProto) -> None:
+    """Remove the reorders to NCHW that nothing reads any more (here or in a branch)."""
+    for sub in _subgraphs(graph):
+        _drop_unused_reorders(sub)
+    uses = _uses(graph)
+    kept = [n for n in graph.node
+            if not (n.domain == NCHWC and n.op_type == "ReorderOutput" and uses[n.output[0]] == 0)]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _fuse_post_operations(graph: onnx.GraphProto) -> None:
+    """A blocked convolution read only by a residual ``Add`` takes it as its ``Sum`` input, and one read
+    only by a ``Relu`` takes it as its activation (ONNX Runtime's own fusions, redone across the boundary).
+    The fused convolution moves to where the fused node was, after its new input is made."""
+    for sub in _subgraphs(graph):
+        _fuse_post_operations(sub)
+    uses = _uses(graph)
+    producer = {n.output[0]: n for n in graph.node if n.domain == NCHWC and n.op_type == "Conv"}
+    kept: list[onnx.NodeProto] = []
+    for node in graph.node:
+        conv = None
+        if node.domain in ("", "ai.onnx") and node.op_type in ("Add", "Relu"):
+            conv = next((producer[name] for name in node.input if name in producer
+                         and uses[name] == 1 and _attribute(producer[name], "activation") is None), None)
+        if conv is not None and node.op_type == "Add" and len(conv.input) == 3:
+            conv.input.append(node.input[1] if node.input[0] == conv.output[0] else node.input[0])
+        elif conv is not None and node.op_type == "Relu":
+            conv.attribute.append(helper.make_attribute("activation", "Relu"))
+        else:
+            kept.append(node)
+            continue
+        del producer[conv.output[0]]
+        conv.output[0] = node.output[0]
+        producer[conv.output[0]] = conv
+        kept.remove(conv)
+        kept.append(conv)
+    del graph.node[:]
+    graph.node.extend(kept)
