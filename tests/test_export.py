@@ -14,7 +14,7 @@ from laudnet.errors import UsageError
 from laudnet.sparse import SparseModel, convert, set_gate_density
 from laudnet.sparse import blocked
 from laudnet.sparse import export as export_module
-from laudnet.sparse.export import executed_macs, export_model, export_onnx, ort_session
+from laudnet.sparse.export import executed_macs, executed_nodes, export_model, export_onnx, ort_session
 
 SIZE = (61, 83)
 CASES = [
@@ -224,6 +224,30 @@ def test_the_onnxruntime_engine_convolves_the_active_channels(mode, kwargs):
     session_graph = export_module.lower(SparseModel(model), SIZE, None, portable=False).graph
     assert _convs_on_gathered_weights(session_graph) > 0
     assert _convs_on_gathered_weights(export_model(model, images[:1]).graph) == 0
+
+
+ALL_ON = [("laud_resnet50", "spatial", {"spatial_granularity": "1-2-4-7"}),
+          ("laud_regnet_y_400mf", "spatial", {"spatial_granularity": 2}),
+          ("laud_resnet50", "channel", {"channel_granularity": 2}),
+          ("laud_regnet_y_400mf", "channel", {"channel_granularity": "16-8-16-40"})]
+
+
+@pytest.mark.parametrize("name, mode, kwargs", ALL_ON, ids=[f"{n}-{m}" for n, m, _ in ALL_ON])
+def test_blocks_with_every_position_or_channel_on_run_the_static_convolutions(name, mode, kwargs):
+    """Where a masker keeps everything, the block runs its 3×3 convolution on the image (constant
+    weights, as the static model), not products on gathered windows or channels; logits and executed
+    MACs stay the masked model's."""
+    model = _model(name, mode, density=1.0, **kwargs)
+    images = torch.randn(1 if mode == "channel" else 2, 3, *SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = model(images, return_stats=True)
+        assert _relative(convert(model, backend="onnxruntime")(images).numpy(), want.logits) <= 1e-4
+    graph = export_model(model, images)
+    ran = executed_nodes(graph, images)
+    convs = {node["name"].split("/")[0] for node in ran if node["op_name"] in ("Conv", "FusedConv")
+             and "/conv2/" in node["name"]}
+    assert convs == {b.name for b in want.stats.blocks if b.dynamic}
+    assert executed_macs(graph, images) == pytest.approx(float(want.stats.dynamic_macs.sum()), rel=1e-9)
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

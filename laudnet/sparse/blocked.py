@@ -17,9 +17,11 @@ when a session is built and never written to a file.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections import Counter
+from typing import Iterator
 
 import onnx
 from onnx import helper
@@ -35,6 +37,7 @@ def keep_blocked(model: onnx.ModelProto, threads: int | None = None) -> onnx.Mod
     """``model`` as ONNX Runtime optimises it on this machine, with blocked activations kept across
     ``If`` boundaries (load the result with the layout optimisation off: it is already applied)."""
     result = optimised(model, threads)
+    _unique_names(result.graph, set(), itertools.count())
     _Rewriter().graph(result.graph, {}, {})
     _drop_unused_reorders(result.graph)
     _fuse_post_operations(result.graph)
@@ -53,6 +56,36 @@ def optimised(model: onnx.ModelProto, threads: int | None = None) -> onnx.ModelP
         options.optimized_model_filepath = path
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return onnx.load(path)
+
+
+def _unique_names(graph: onnx.GraphProto, seen: set[str], counter: Iterator[int]) -> None:
+    """Rename what a branch defines under a name already defined elsewhere: ONNX Runtime names its
+    reorders per graph, so the model it saves can repeat an enclosing graph's name, which it then
+    refuses to load."""
+    local = [t.name for t in graph.initializer] + [v.name for v in graph.input] + \
+        [name for node in graph.node for name in node.output if name]
+    rename = {}
+    for name in local:
+        if name in seen:
+            rename[name] = f"{name}@{next(counter)}"
+        seen.add(rename.get(name, name))
+    if rename:
+        _rename(graph, rename)
+    for sub in _subgraphs(graph):
+        _unique_names(sub, seen, counter)
+
+
+def _rename(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Apply ``rename`` to every name in ``graph`` and its branches (which see its names)."""
+    for tensor in graph.initializer:
+        tensor.name = rename.get(tensor.name, tensor.name)
+    for value in (*graph.input, *graph.output):
+        value.name = rename.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        node.output[:] = [rename.get(name, name) for name in node.output]
+    for sub in _subgraphs(graph):
+        _rename(sub, rename)
 
 
 def _attribute(node: onnx.NodeProto, name: str, default=None):
@@ -214,7 +247,8 @@ def _fuse_post_operations(graph: onnx.GraphProto) -> None:
         if node.domain in ("", "ai.onnx") and node.op_type in ("Add", "Relu"):
             conv = next((producer[name] for name in node.input if name in producer
                          and uses[name] == 1 and _attribute(producer[name], "activation") is None), None)
-        if conv is not None and node.op_type == "Add" and len(conv.input) == 3:
+        if conv is not None and node.op_type == "Add" and len(conv.input) <= 3:
+            conv.input.extend([""] * (3 - len(conv.input)))  # no bias: an empty optional input before the sum
             conv.input.append(node.input[1] if node.input[0] == conv.output[0] else node.input[0])
         elif conv is not None and node.op_type == "Relu":
             conv.attribute.append(helper.make_attribute("activation", "Relu"))

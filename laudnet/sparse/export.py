@@ -64,16 +64,22 @@ def ort_session(model: onnx.ModelProto | bytes | PathLike, threads: int | None =
     return ort.InferenceSession(source, session_options(threads, profile, layout), providers=["CPUExecutionProvider"])
 
 
-def executed_macs(graph: onnx.ModelProto, images: torch.Tensor) -> int:
-    """The multiply-accumulates ONNX Runtime executes for ``images``: every convolution and product
-    node that ran (``If`` branches included), from the shapes its profiler records."""
+def executed_nodes(graph: onnx.ModelProto, images: torch.Tensor) -> list[dict]:
+    """The nodes ONNX Runtime runs for ``images`` (``If`` branches included), as its profiler records
+    them: ``name``, ``op_name``, input and output shapes."""
     session = ort_session(graph, threads=1, profile=True, layout=False)
     session.run([OUTPUT], {INPUT: images.detach().cpu().float().contiguous().numpy()})
     with open(session.end_profiling()) as handle:
         events = json.load(handle)
     os.unlink(handle.name)
-    return sum(_node_macs(e["args"]) for e in events
-               if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
+    return [e["args"] | {"name": e["name"].removesuffix("_kernel_time")} for e in events
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
+def executed_macs(graph: onnx.ModelProto, images: torch.Tensor) -> int:
+    """The multiply-accumulates ONNX Runtime executes for ``images``: every convolution and product
+    node that ran, from the shapes its profiler records."""
+    return sum(_node_macs(node) for node in executed_nodes(graph, images))
 
 
 def _node_macs(args: dict) -> int:

@@ -17,6 +17,10 @@ and channels are found with ``NonZero``, and
   weights instead (ONNX Runtime's ``Conv`` takes them; OpenVINO's needs constant weights);
 * **both**: the spatial path on the active channels.
 
+A block whose masker keeps every position (spatial) or every channel (channel) runs the static
+block's convolutions instead (constant weights; on rows, a 3×3 ``Conv`` between the two products):
+the same work, without the gathers.
+
 Static and whole-block-gated blocks take NCHW activations and run plain ``Conv`` s, so that ONNX
 Runtime runs them in its blocked layout with the bias, ReLU and residual sum fused (as it runs the
 static model); blocks that gather positions or channels run products on NHWC rows and pass rows
@@ -253,13 +257,16 @@ class BlockLowering:
         conv1, conv3 = self.pixel_masks(x, grid, out_hw)
         with g.scope("masker"):
             positions = g.Reshape(g.NonZero(conv3), g.ints(-1))
-        # Where every position computes, the same gathered products (on rows there is no faster dense path).
-        value = self.branch(
-            self.is_count(g.Shape(positions), g.ints(0)),
-            lambda: self.skipped(x, shortcut).value,
-            lambda: self.with_channels(x, shortcut, channels,
-                                       lambda ch: self.spatial(x, shortcut, conv1, positions, ch), positions).value,
-        )
+        count, every = g.Shape(positions), g.Mul(self.batch_size(x), g.ints(out_hw[0] * out_hw[1]))
+
+        def computed() -> str:
+            if channels is not None:
+                return self.with_channels(x, shortcut, channels,
+                                          lambda ch: self.spatial(x, shortcut, conv1, positions, ch), positions).value
+            return self.branch(self.is_count(count, every), lambda: self.dense(x, None, shortcut).value,
+                               lambda: self.spatial(x, shortcut, conv1, positions, None).value)
+
+        value = self.branch(self.is_count(count, g.ints(0)), lambda: self.skipped(x, shortcut).value, computed)
         return self.output(value, x)
 
     def gated(self, x: Feature, shortcut: str, gate: str, channels: ChannelSelection | None) -> Feature:
@@ -358,9 +365,16 @@ class BlockLowering:
         (at ``positions`` where only those compute)."""
         if channels is None:
             return path(None)
-        value = self.branch(self.is_count(channels.count, self.g.ints(0)),
-                            lambda: self.skipped(x, shortcut, with_bias=True, positions=positions).value,
-                            lambda: path(channels).value)
+        g = self.g
+
+        def computed() -> str:
+            if positions is not None:
+                return path(channels).value
+            return self.branch(self.is_count(channels.count, g.ints(self.shape.width)),
+                               lambda: self.dense(x, None, shortcut).value, lambda: path(channels).value)
+
+        value = self.branch(self.is_count(channels.count, g.ints(0)),
+                            lambda: self.skipped(x, shortcut, with_bias=True, positions=positions).value, computed)
         return self.output(value, x)
 
     def shortcut(self, x: Feature) -> str:
@@ -395,14 +409,16 @@ class BlockLowering:
         return self.output(value, x)
 
     def dense(self, x: Feature, channels: ChannelSelection | None, shortcut: str) -> Feature:
-        """Every position computes: NCHW convolutions, or on rows (and on the active channels) products
-        (with gathered weights, since OpenVINO convolves with constant weights only and the active conv
-        groups vary)."""
+        """Every position computes: NCHW convolutions (on rows, 1×1 products around a 3×3 convolution),
+        or on the active channels products on rows (with gathered weights, since OpenVINO convolves
+        with constant weights only and the active conv groups vary)."""
         g, s = self.g, self.shape
         if channels is not None and self.sliced_convs:
             return self.sliced(x, channels, shortcut)
-        if channels is not None or x.rows:
+        if channels is not None:
             return self.spatial(x, shortcut, None, None, channels)
+        if x.rows:
+            return self.dense_rows(x, shortcut)
         with g.scope("conv1"):
             h1 = g.Relu(g.Conv(x.value, self.conv_weight("w1"), self.w("b1"), kernel_shape=[1, 1]))
         with g.scope("conv2"):
@@ -416,6 +432,26 @@ class BlockLowering:
             branch = g.Conv(h2, self.conv_weight("w3"), self.w("b3"), kernel_shape=[1, 1])
             out = g.Relu(g.Add(branch, shortcut))
         return self.output(out, x)
+
+    def dense_rows(self, x: Feature, shortcut: str) -> Feature:
+        """Every position computes, on rows: conv1 and conv3 are products on all rows, conv2 a 3×3
+        convolution of the image they make (transposed in and out: cheaper than gathering 9 windows)."""
+        g, s = self.g, self.shape
+        out_hw = self.out_hw(x.hw)
+        with g.scope("conv1"):
+            h1 = self.conv1_rows(x.value, None)
+            image = g.Transpose(g.Reshape(h1, g.ints(-1, x.hw[0], x.hw[1], s.width)), perm=[0, 3, 1, 2])
+        with g.scope("conv2"):
+            h2 = g.Relu(g.Conv(image, g.const(_np(self.block.w2), hint="w2"), self.w("b2"), kernel_shape=[3, 3],
+                               strides=[s.stride] * 2, pads=[1, 1, 1, 1], group=s.groups))
+        if s.se_channels:
+            with g.scope("se"):
+                scale = self.se_scale(g.ReduceMean(h2, axes=[2, 3], keepdims=0), None)
+                h2 = g.Mul(h2, g.Unsqueeze(scale, g.ints(2, 3)))
+        with g.scope("conv3"):
+            rows = g.Reshape(g.Transpose(h2, perm=[0, 2, 3, 1]), g.ints(-1, s.width))
+            out = self.gemm(rows, self.w("w3"), g.Add(shortcut, self.w("b3")), relu=True)
+        return Feature(out, out_hw, s.out_channels, rows=True)
 
     def sliced(self, x: Feature, channels: ChannelSelection, shortcut: str) -> Feature:
         """Every position computes on the active channels: NCHW convolutions with the active channels'
