@@ -200,6 +200,22 @@ def test_blocked_values_cross_the_if_boundaries():
     assert len(branch.node[-1].input) == 4  # conv3 takes the shortcut as its fused sum
 
 
+def _count(graph: onnx.GraphProto, op: str) -> int:
+    """``op`` nodes in the graph and its ``If`` branches."""
+    return sum(node.op_type == op for node in graph.node) + sum(
+        _count(a.g, op) for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
+
+
+def test_rows_meet_blocked_convolutions_through_one_reorder():
+    """Between NHWC rows and a blocked convolution (a stage's first gathered block, a block whose
+    positions are all on), ONNX Runtime alone transposes and then reorders; the engine's session
+    reorders NHWC directly, so no transpose is left."""
+    model = _model("laud_resnet50", "spatial", density=1.0, spatial_granularity="1-2-4-7")
+    graph = export_module.lower(SparseModel(model), SIZE, None, portable=False)
+    assert _count(blocked.optimised(graph).graph, "Transpose") > 0
+    assert _count(blocked.keep_blocked(graph).graph, "Transpose") == 0
+
+
 def _convs_on_gathered_weights(graph: onnx.GraphProto) -> int:
     """``Conv`` nodes (in the graph and its ``If`` branches) whose weights a ``Gather`` makes."""
     gathered = {out for node in graph.node if node.op_type == "Gather" for out in node.output}

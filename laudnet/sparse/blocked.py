@@ -7,9 +7,11 @@ four full passes over its activation (reorder in, reorder out, an unfused residu
 engine's graph, then rewrites the optimised graph so that blocked values cross the boundaries as
 they are: a reorder back to NCHW that only feeds a reorder to blocked is dropped, residual sums,
 ReLUs, copies, batch gathers and scatters run on the blocked values, the masker's mean runs as a
-blocked global pooling, and a branch's last convolution takes the residual sum and ReLU as its
-fused post-operations again. Every rewrite computes the same values; a pattern it does not know
-keeps its NCHW reorders (correct, only slower).
+blocked global pooling, a transpose between NHWC rows and a blocked convolution becomes one reorder
+from or to NHWC, and a branch's last convolution takes the residual sum and ReLU as its fused
+post-operations again. Every rewrite computes the same values on the engine's graphs (whose
+residual sums add operands of one shape and whose batch scatters write whole samples); a pattern
+it does not know keeps its NCHW reorders (correct, only slower).
 
 The result is specific to the machine it was made on (the block size is the CPU's), so it is made
 when a session is built and never written to a file.
@@ -21,10 +23,12 @@ import itertools
 import os
 import tempfile
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Iterator
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 NCHWC = "com.microsoft.nchwc"
 # Channels of a value rewritten to stay blocked must fill whole blocks (the largest block is 16), so
@@ -38,8 +42,8 @@ def keep_blocked(model: onnx.ModelProto, threads: int | None = None) -> onnx.Mod
     ``If`` boundaries (load the result with the layout optimisation off: it is already applied)."""
     result = optimised(model, threads)
     _unique_names(result.graph, set(), itertools.count())
-    _Rewriter().graph(result.graph, {}, {})
-    _drop_unused_reorders(result.graph)
+    _Rewriter().graph(result.graph, _Scope())
+    _drop_unused(result.graph)
     _fuse_post_operations(result.graph)
     return result
 
@@ -95,59 +99,110 @@ def _attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _reorder_output(source: str, output: str, channels: int) -> onnx.NodeProto:
-    return helper.make_node("ReorderOutput", [source], [output], name=f"{output}/to_nchw", domain=NCHWC,
-                            channels=channels, channels_last=0)
+def _reorder_output(source: str, output: str, channels: int, channels_last: int = 0) -> onnx.NodeProto:
+    return helper.make_node("ReorderOutput", [source], [output], name=f"{output}/unblocked", domain=NCHWC,
+                            channels=channels, channels_last=channels_last)
+
+
+def _reorder_input(nhwc: str, output: str) -> onnx.NodeProto:
+    """An NHWC image to the blocked layout in one pass."""
+    return helper.make_node("ReorderInput", [nhwc], [output], name=f"{output}/blocked", domain=NCHWC, channels_last=1)
+
+
+@dataclass
+class _Scope:
+    """What a graph sees of the values made so far (its own and its enclosing graphs'): ``blocked`` maps
+    an NCHW value to its blocked twin and channel count, ``nhwc`` an NCHW transpose of an NHWC image
+    to that image and its channel count, ``rename`` a dropped reorder's output to the value it
+    repeated, ``constants`` the small integer constants."""
+
+    blocked: dict[str, tuple[str, int]] = field(default_factory=dict)
+    nhwc: dict[str, tuple[str, int]] = field(default_factory=dict)
+    rename: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    shapes: dict[str, np.ndarray] = field(default_factory=dict)  # outputs of reshapes to a constant shape
+
+    def child(self) -> "_Scope":
+        return _Scope(*(dict(d) for d in (self.blocked, self.nhwc, self.rename, self.constants, self.shapes)))
 
 
 class _Rewriter:
-    """One pass over a graph and its branches; ``blocked`` maps an NCHW value to its blocked twin and
-    channel count, ``rename`` a dropped reorder's output to the value it repeated."""
+    """One pass over a graph and its branches (see the module's docstring for what it rewrites)."""
 
-    def graph(self, graph: onnx.GraphProto, blocked: dict[str, tuple[str, int]],
-              rename: dict[str, str]) -> dict[str, tuple[str, int]]:
-        blocked, rename = dict(blocked), dict(rename)
+    def graph(self, graph: onnx.GraphProto, outer: _Scope) -> _Scope:
+        scope = outer.child()
+        scope.constants.update({t.name: numpy_helper.to_array(t) for t in graph.initializer
+                                if t.data_type == onnx.TensorProto.INT64 and len(t.dims) == 1 and t.dims[0] <= 8})
         nodes: list[onnx.NodeProto] = []
         for node in graph.node:
-            node.input[:] = [rename.get(name, name) for name in node.input]
-            nodes.extend(self.node(node, blocked, rename))
+            node.input[:] = [scope.rename.get(name, name) for name in node.input]
+            nodes.extend(self.node(node, scope))
         del graph.node[:]
         graph.node.extend(nodes)
         for output in graph.output:
-            output.name = rename.get(output.name, output.name)
-        return blocked
+            output.name = scope.rename.get(output.name, output.name)
+        return scope
 
-    def node(self, node: onnx.NodeProto, blocked: dict, rename: dict) -> list[onnx.NodeProto]:
-        op, inputs = node.op_type, list(node.input)
+    def node(self, node: onnx.NodeProto, scope: _Scope) -> list[onnx.NodeProto]:
+        op, inputs, blocked = node.op_type, list(node.input), scope.blocked
         if node.domain == NCHWC and op == "ReorderOutput":
             channels = _attribute(node, "channels", 0)
             if _attribute(node, "channels_last", 0) == 0 and channels % _BLOCK == 0:
                 blocked[node.output[0]] = (inputs[0], channels)
             return [node]
-        if node.domain == NCHWC and op == "ReorderInput":
-            if _attribute(node, "channels_last", 0) == 0 and inputs[0] in blocked:
-                rename[node.output[0]] = blocked[inputs[0]][0]
+        if node.domain == NCHWC and op == "ReorderInput" and _attribute(node, "channels_last", 0) == 0:
+            if inputs[0] in blocked:
+                scope.rename[node.output[0]] = blocked[inputs[0]][0]
                 return []
+            if inputs[0] in scope.nhwc:  # reorder the NHWC image itself (one pass, no transpose)
+                image, channels = scope.nhwc[inputs[0]]
+                blocked[inputs[0]] = (node.output[0], channels)
+                return [_reorder_input(image, node.output[0])]
             return [node]
         if node.domain not in ("", "ai.onnx"):
             return [node]
         if op == "If":
-            return self.branches(node, blocked, rename)
+            return self.branches(node, scope)
+        if op == "Transpose":
+            return self.transpose(node, scope)
+        if op == "Reshape" and inputs[1] in scope.constants:
+            scope.shapes[node.output[0]] = scope.constants[inputs[1]]
         if op == "Shape" and inputs[0] in blocked and _attribute(node, "start", 0) == 0 and \
                 _attribute(node, "end") is None:
             node.input[0] = blocked[inputs[0]][0]  # the same shape: the channels fill whole blocks
             return [node]
         if op == "ReduceMean" and inputs[0] in blocked and self.is_spatial_mean(node):
             return self.pooled(node, *blocked[inputs[0]])
+        made = []
+        if op == "Add" and len(inputs) == 2 and any(i in blocked for i in inputs):
+            for i in inputs:  # a transposed NHWC operand joins a blocked one as the reordered image
+                if i not in blocked and i in scope.nhwc:
+                    image, channels = scope.nhwc[i]
+                    blocked[i] = (f"{i}@nchwc", channels)
+                    made.append(_reorder_input(image, blocked[i][0]))
         twin = self.blocked_inputs(node, blocked)
         if twin is None:
-            return [node]
+            return [*made, node]
         channels = blocked[inputs[0]][1]
         output = node.output[0]
         node.input[:] = twin
         node.output[0] = f"{output}@nchwc"
         blocked[output] = (node.output[0], channels)
-        return [node, _reorder_output(node.output[0], output, channels)]
+        return [*made, node, _reorder_output(node.output[0], output, channels)]
+
+    @staticmethod
+    def transpose(node: onnx.NodeProto, scope: _Scope) -> list[onnx.NodeProto]:
+        """NHWC to NCHW of an image of whole channel blocks: remembered (a reorder can read the image);
+        NCHW to NHWC of a blocked value: one reorder from the blocked twin."""
+        perm, source = list(_attribute(node, "perm", [])), node.input[0]
+        if perm == [0, 2, 3, 1] and source in scope.blocked:
+            twin, channels = scope.blocked[source]
+            return [_reorder_output(twin, node.output[0], channels, channels_last=1)]
+        if perm == [0, 3, 1, 2] and source in scope.shapes:
+            channels = int(scope.shapes[source][-1])
+            if channels % _BLOCK == 0:
+                scope.nhwc[node.output[0]] = (source, channels)
+        return [node]
 
     @staticmethod
     def blocked_inputs(node: onnx.NodeProto, blocked: dict) -> list[str] | None:
@@ -179,10 +234,10 @@ class _Rewriter:
                 _reorder_output(pooled, image, channels),
                 helper.make_node("Flatten", [image], [output], name=output, axis=1)]
 
-    def branches(self, node: onnx.NodeProto, blocked: dict, rename: dict) -> list[onnx.NodeProto]:
+    def branches(self, node: onnx.NodeProto, scope: _Scope) -> list[onnx.NodeProto]:
         """Rewrite both branches; outputs that are blocked in both leave the ``If`` blocked."""
         graphs = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
-        inner = {name: self.graph(g, blocked, rename) for name, g in graphs.items()}
+        inner = {name: self.graph(g, scope).blocked for name, g in graphs.items()}
         if set(graphs) != {"then_branch", "else_branch"}:
             return [node]
         extra = []
@@ -199,7 +254,7 @@ class _Rewriter:
                 graph.output[k].name = twin
             channels = twins[0][1]
             node.output[k] = f"{output}@nchwc"
-            blocked[output] = (node.output[k], channels)
+            scope.blocked[output] = (node.output[k], channels)
             extra.append(_reorder_output(node.output[k], output, channels))
         return [node, *extra]
 
@@ -222,15 +277,18 @@ def _subgraphs(graph: onnx.GraphProto):
                 yield attribute.g
 
 
-def _drop_unused_reorders(graph: onnx.GraphProto) -> None:
-    """Remove the reorders to NCHW that nothing reads any more (here or in a branch)."""
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove the nodes nothing reads any more, here or in a branch (the reorders and transposes the
+    rewrite replaced)."""
     for sub in _subgraphs(graph):
-        _drop_unused_reorders(sub)
-    uses = _uses(graph)
-    kept = [n for n in graph.node
-            if not (n.domain == NCHWC and n.op_type == "ReorderOutput" and uses[n.output[0]] == 0)]
-    del graph.node[:]
-    graph.node.extend(kept)
+        _drop_unused(sub)
+    while True:
+        uses = _uses(graph)
+        kept = [n for n in graph.node if any(uses[name] for name in n.output)]
+        if len(kept) == len(graph.node):
+            return
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _fuse_post_operations(graph: onnx.GraphProto) -> None:

@@ -434,24 +434,15 @@ class BlockLowering:
         return self.output(out, x)
 
     def dense_rows(self, x: Feature, shortcut: str) -> Feature:
-        """Every position computes, on rows: conv1 and conv3 are products on all rows, conv2 a 3×3
-        convolution of the image they make (transposed in and out: cheaper than gathering 9 windows)."""
-        g, s = self.g, self.shape
+        """Every position computes, on rows: the NCHW convolutions on the rows seen as an image, and
+        back (ONNX Runtime reorders NHWC straight to its blocked layout and back: one pass each way,
+        cheaper than gathering conv2's windows)."""
+        image = as_nchw(self.g, x)
+        identity = shortcut == x.value
         out_hw = self.out_hw(x.hw)
-        with g.scope("conv1"):
-            h1 = self.conv1_rows(x.value, None)
-            image = g.Transpose(g.Reshape(h1, g.ints(-1, x.hw[0], x.hw[1], s.width)), perm=[0, 3, 1, 2])
-        with g.scope("conv2"):
-            h2 = g.Relu(g.Conv(image, g.const(_np(self.block.w2), hint="w2"), self.w("b2"), kernel_shape=[3, 3],
-                               strides=[s.stride] * 2, pads=[1, 1, 1, 1], group=s.groups))
-        if s.se_channels:
-            with g.scope("se"):
-                scale = self.se_scale(g.ReduceMean(h2, axes=[2, 3], keepdims=0), None)
-                h2 = g.Mul(h2, g.Unsqueeze(scale, g.ints(2, 3)))
-        with g.scope("conv3"):
-            rows = g.Reshape(g.Transpose(h2, perm=[0, 2, 3, 1]), g.ints(-1, s.width))
-            out = self.gemm(rows, self.w("w3"), g.Add(shortcut, self.w("b3")), relu=True)
-        return Feature(out, out_hw, s.out_channels, rows=True)
+        residual = image.value if identity else as_nchw(self.g, Feature(shortcut, out_hw, self.shape.out_channels,
+                                                                        rows=True)).value
+        return as_rows(self.g, self.dense(image, None, residual))
 
     def sliced(self, x: Feature, channels: ChannelSelection, shortcut: str) -> Feature:
         """Every position computes on the active channels: NCHW convolutions with the active channels'
