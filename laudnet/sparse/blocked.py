@@ -263,14 +263,13 @@ def _uses(graph: onnx.GraphProto) -> Counter:
     """How often each name is read in ``graph``: node inputs, its outputs and its branches' reads."""
     uses = Counter(name for node in graph.node for name in node.input)
     uses.update(output.name for output in graph.output)
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                uses.update(_uses(attribute.g))
+    for sub in _subgraphs(graph):
+        uses.update(_uses(sub))
     return uses
 
 
-def _subgraphs(graph: onnx.GraphProto):
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The ``If`` branches of the graph's nodes (not their own branches)."""
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:

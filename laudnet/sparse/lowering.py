@@ -18,7 +18,7 @@ and channels are found with ``NonZero``, and
 * **both**: the spatial path on the active channels.
 
 A block whose masker keeps every position (spatial) or every channel (channel) runs the static
-block's convolutions instead (constant weights; on rows, a 3×3 ``Conv`` between the two products):
+block's convolutions instead (constant weights; a block on rows convolves them seen as an image):
 the same work, without the gathers.
 
 Static and whole-block-gated blocks take NCHW activations and run plain ``Conv`` s, so that ONNX
@@ -257,14 +257,15 @@ class BlockLowering:
         conv1, conv3 = self.pixel_masks(x, grid, out_hw)
         with g.scope("masker"):
             positions = g.Reshape(g.NonZero(conv3), g.ints(-1))
-        count, every = g.Shape(positions), g.Mul(self.batch_size(x), g.ints(out_hw[0] * out_hw[1]))
+        count = g.Shape(positions)
 
         def computed() -> str:
             if channels is not None:
                 return self.with_channels(x, shortcut, channels,
                                           lambda ch: self.spatial(x, shortcut, conv1, positions, ch), positions).value
-            return self.branch(self.is_count(count, every), lambda: self.dense(x, None, shortcut).value,
-                               lambda: self.spatial(x, shortcut, conv1, positions, None).value)
+            every = self.g.Mul(self.batch_size(x), self.g.ints(out_hw[0] * out_hw[1]))
+            return self.unless_all(count, every, x, shortcut,
+                                   lambda: self.spatial(x, shortcut, conv1, positions, None).value)
 
         value = self.branch(self.is_count(count, g.ints(0)), lambda: self.skipped(x, shortcut).value, computed)
         return self.output(value, x)
@@ -365,17 +366,20 @@ class BlockLowering:
         (at ``positions`` where only those compute)."""
         if channels is None:
             return path(None)
-        g = self.g
-
         def computed() -> str:
             if positions is not None:
                 return path(channels).value
-            return self.branch(self.is_count(channels.count, g.ints(self.shape.width)),
-                               lambda: self.dense(x, None, shortcut).value, lambda: path(channels).value)
+            return self.unless_all(channels.count, self.g.ints(self.shape.width), x, shortcut,
+                                   lambda: path(channels).value)
 
-        value = self.branch(self.is_count(channels.count, g.ints(0)),
+        value = self.branch(self.is_count(channels.count, self.g.ints(0)),
                             lambda: self.skipped(x, shortcut, with_bias=True, positions=positions).value, computed)
         return self.output(value, x)
+
+    def unless_all(self, count: str, total: str, x: Feature, shortcut: str, sparse) -> str:
+        """The static block's convolutions where the masker keeps everything (``count == total``: the
+        same work, without the gathers), else ``sparse()``."""
+        return self.branch(self.is_count(count, total), lambda: self.dense(x, None, shortcut).value, sparse)
 
     def shortcut(self, x: Feature) -> str:
         """The shortcut, in ``x``'s layout: the strided projection, or ``x`` itself."""
@@ -409,9 +413,9 @@ class BlockLowering:
         return self.output(value, x)
 
     def dense(self, x: Feature, channels: ChannelSelection | None, shortcut: str) -> Feature:
-        """Every position computes: NCHW convolutions (on rows, 1×1 products around a 3×3 convolution),
-        or on the active channels products on rows (with gathered weights, since OpenVINO convolves
-        with constant weights only and the active conv groups vary)."""
+        """Every position computes: NCHW convolutions (on rows too: :meth:`dense_rows`), or on the
+        active channels products on rows (with gathered weights, since OpenVINO convolves with
+        constant weights only and the active conv groups vary)."""
         g, s = self.g, self.shape
         if channels is not None and self.sliced_convs:
             return self.sliced(x, channels, shortcut)
