@@ -14,15 +14,16 @@ from laudnet.cli import main
 from laudnet.latency import PRESETS, Hardware, get_hardware, load_hardware, predict, save_hardware
 from laudnet.latency.calibrated import pricing as engine
 from laudnet.latency.device.calibrate import (
-    FIT_CONFIGS, Sample, fit_costs, fit_hardware, initial_hardware, operator_cases, predicted_seconds,
+    FIT_CONFIGS, Sample, calibrate, fit_costs, fit_hardware, initial_hardware, node_operation, operator_cases,
+    predicted_seconds,
 )
 from laudnet.latency.costs import EngineCosts, prior_coefficients
 from laudnet.latency.hardware import load_record
-from laudnet.latency.device.measure import EngineConfig, measure_engines
+from laudnet.latency.device.measure import EngineConfig, NodeTime, measure_engines
 from laudnet.latency.design.suggest import suggest, write_config
 from laudnet.latency.device.validate import HELD_OUT, compare, held_out, validate, write_report
 from laudnet.models.structure import model_shape
-from laudnet.sparse.plan import block_ops, expected_work
+from laudnet.sparse.plan import EngineOp, block_ops, expected_work, gathers
 
 # A CPU-like device whose engine costs are the analytic model itself (the prior).
 CPU = Hardware("test-cpu", 2, 8, 3.0e9, 15e9, l2_bandwidth_ratio=3.0, transaction_words=16, launch_time_s=5e-6,
@@ -105,6 +106,19 @@ def test_profile_round_trips(tmp_path):
     assert "engine:" in text and "calibration:" in text
 
 
+def test_profile_records_the_backend_it_prices(tmp_path):
+    hw = dataclasses.replace(CPU, engine=EngineCosts.build("cpu", 2, {}, "onnxruntime"))
+    save_hardware(hw, tmp_path / "ort.yaml")
+    assert load_hardware(tmp_path / "ort.yaml").engine.backend == "onnxruntime"
+    # Profiles written before the backend was recorded priced the torch engine.
+    data = yaml.safe_load((tmp_path / "ort.yaml").read_text())
+    del data["engine"]["backend"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
+    assert load_hardware(tmp_path / "old.yaml").engine.backend == "torch"
+    ort = predict("laud_resnet50", hw, mode="static").model_ms
+    assert ort != predict("laud_resnet50", CPU, mode="static").model_ms  # fused passes are not priced
+
+
 def test_a_calibrated_profile_prices_the_engine_plan():
     report = predict("laud_resnet50", CPU, mode="spatial", density=0.5, spatial_granularity=4)
     assert {"masker", "conv1", "conv2", "conv3", "scatter_add", "overhead"} <= set(report.blocks[1].ops_ms)
@@ -145,6 +159,8 @@ def test_regnet_channel_search_compares_with_one_conv_group_not_one_channel():
         ("engine: {device: tpu, threads: 2}\n", "engine device must be one of cpu, cuda"),
         ("engine: {device: cpu, threads: 0}\n", "threads must be a positive integer"),
         ("engine: {device: cpu, threads: 2, speed: 1}\n", "unknown keys speed"),
+        ("engine: {device: cpu, threads: 2, backend: openvino}\n", "backend must be one of torch, onnxruntime"),
+        ("engine: {device: cuda, threads: 2, backend: onnxruntime}\n", "onnxruntime runs on the cpu"),
         ("engine: {device: cpu, threads: 2, costs: {matmull: {analytic: 1}}}\n", "unknown kind 'matmull'"),
         ("engine: {device: cpu, threads: 2, costs: {matmul: {flops: 1}}}\n", "unknown feature 'flops'"),
         ("engine: {device: cpu, threads: 2, costs: {matmul: {analytic: -1}}}\n", "analytic must be a number >= 0"),
@@ -202,9 +218,46 @@ def test_comparison_report_from_a_measured_engine(tmp_path):
     assert 0.0 < float(np.mean(densities)) < 1.0
 
 
-def test_validation_report_and_plot(tmp_path):
+def test_onnxruntime_measurement_times_every_block_of_the_engine_graph():
+    config = EngineConfig.build("laud_resnet50", 64, "spatial", "2", density=0.5)
+    (m,) = measure_engines([config], repeats=2, warmup=1, backend="onnxruntime")
+    assert m.backend == "onnxruntime" and len(m.blocks) == 16
+    assert all(b.ms > 0 for b in m.blocks) and m.stem_ms > 0 and m.head_ms > 0
+    # The spans of a profiled run, less the profiler's cost per node, add up to about a plain run
+    # (not to twice it, as they would if the nodes inside an ``If`` counted again).
+    assert m.stem_ms + sum(b.ms for b in m.blocks) + m.head_ms == pytest.approx(m.model_ms, rel=0.4)
+    # Every gathering block's products on rows are nodes the profile sizes as the plan does.
+    products = {node_operation(n).dims for n in m.nodes if n.op_name in ("Gemm", "FusedGemm")}
+    for block, b in zip(m.shape.blocks, m.blocks):
+        spec = config.spec.stages[block.stage]
+        if gathers(block, spec, b.work, "onnxruntime"):
+            planned = {op.dims for op in block_ops(block, spec, b.work, "onnxruntime") if op.kind == "matmul"}
+            assert (b.work.conv3_rows, block.width, block.out_channels) in planned & products, block.name
+    kinds = {op.kind for op in map(node_operation, m.nodes) if op is not None}
+    assert {"conv", "matmul", "gather", "scatter", "max_pool", "reduce"} <= kinds
+    assert {n.op_name for n in m.nodes if n.constant_input} >= {"Gather"}  # gather tables are constants
+
+
+def test_node_operation_reads_sizes_from_the_profile():
+    def node(op, inputs, outputs, constant=False):
+        return NodeTime("x", op, 1e-5, inputs, outputs, constant)
+
+    conv = node_operation(node("Conv", ((2, 64, 28, 28), (128, 32, 3, 3)), ((2, 128, 14, 14),)))
+    assert conv == EngineOp("grouped_conv", "node", (2, 64, 128, 28, 28, 3, 2, 2))
+    assert node_operation(node("FusedGemm", ((300, 64),), ((300, 256),))).dims == (300, 64, 256)
+    assert node_operation(node("MatMul", ((8, 100, 72),), ((8, 100, 16),))).kind == "grouped_matmul"
+    assert node_operation(node("Gather", ((500, 64), (120,)), ((120, 64),), True)).kind == "slice"
+    assert node_operation(node("Gather", ((500, 64), (120,)), ((120, 64),))).kind == "gather"
+    assert node_operation(node("ScatterND", ((500, 64), (120, 1), (120, 64)), ((500, 64),))).dims == (120, 64)
+    assert node_operation(node("Shape", ((500, 64),), ((2,),))) is None
+    assert node_operation(node("Gather", ((3136, 1), (40,)), ((40, 1),))) is None  # an index table
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_validation_report_and_plot(tmp_path, backend):
     """A whole (tiny) validation: two passes, statistics in range, JSON and PNG written."""
     hw, profile = _profile(tmp_path)
+    hw = dataclasses.replace(hw, engine=dataclasses.replace(hw.engine, backend=backend))
     save_hardware(hw, profile, {"fitted_on": [], "reference_ms": 10.0})
     configs = [EngineConfig.build("laud_resnet50", 48, "layer", density=0.5),
                EngineConfig.build("laud_regnet_y_400mf", 48, "channel", channel_granularity="8", density=0.5)]
@@ -214,6 +267,7 @@ def test_validation_report_and_plot(tmp_path):
     assert -1.0 <= report.spearman <= 1.0 and report.repeat_median >= 0.0
     assert report.repeats == 2  # one round in each of the two passes
     assert report.speed_ratio > 0  # the reference workload, timed now, against the recorded 10 ms
+    assert report.backend == backend
     json_path, png_path = write_report(report, tmp_path / "report")
     assert json.loads(json_path.read_text())["hardware"] == "test-cpu"
     assert png_path.read_bytes()[:4] == b"\x89PNG"
@@ -260,6 +314,22 @@ def test_suggest_cli(tmp_path, capsys):
     assert printed["measured_ms"] > 0 and printed["predicted_for_measured_masks_ms"] > 0
     assert yaml.safe_load(output.read_text())["model"] == "laud_resnet50"
     TrainConfig.load(output)
+
+
+def test_calibrating_the_onnxruntime_engine(tmp_path):
+    configs = (EngineConfig.build("laud_resnet50", 64, "spatial", "2", density=0.5),
+               EngineConfig.build("laud_regnet_y_400mf", 64, "channel", channel_granularity="8", density=0.5))
+    result = calibrate("cpu", threads=1, budget_s=1.0, configs=configs)  # ONNX Runtime: the CPU default
+    hw = result.hardware
+    assert hw.engine.backend == "onnxruntime" and result.record["backend"] == "onnxruntime"
+    assert "onnxruntime" in result.record
+    fitted = {k.kind for k in result.kinds if k.samples}
+    assert {"conv", "matmul", "grouped_matmul", "gather", "slice", "scatter"} <= fitted
+    assert len(result.block_samples) == 2 * (16 + 2)  # every block, the stem and the head of both models
+    assert all(s.seconds > 0 for s in result.operator_samples + result.block_samples)
+    assert predict("laud_resnet50", hw, mode="spatial", density=0.5, spatial_granularity=2, input_size=64).model_ms > 0
+    with pytest.raises(ValueError, match="cannot calibrate backend 'triton'"):
+        calibrate("cpu", budget_s=1.0, backend="triton", configs=configs)
 
 
 def test_calibrate_cli_rejects_a_bad_budget(capsys):

@@ -14,7 +14,9 @@ from laudnet import create_model
 from laudnet.models.structure import model_shape
 from laudnet.sparse import convert
 from laudnet.sparse.kernels import TorchKernels
-from laudnet.sparse.plan import BlockWork, block_ops, expected_conv1_density, expected_work, head_ops, stem_ops, work_of_masks
+from laudnet.sparse.plan import (
+    BlockWork, block_ops, expected_conv1_density, expected_work, gathers, head_ops, stem_ops, work_of_masks,
+)
 
 # Ops that only make views: no kernel runs.
 _VIEWS = {
@@ -167,6 +169,8 @@ def test_stem_and_head_plans():
     planned = [(op.kind, op.dims) for op in stem_ops(shape, 1) + head_ops(shape, 1)]
     assert recorder.ops[: len(stem_ops(shape, 1))] == planned[: len(stem_ops(shape, 1))]
     assert recorder.ops[-2:] == planned[-2:]
+    # ONNX Runtime's blocked stem conv reads the images as they are, its ReLU fused.
+    assert [op.kind for op in stem_ops(shape, 1, "onnxruntime")] == ["conv", "max_pool"]
 
 
 def test_expected_conv1_density_matches_independent_cells():
@@ -210,3 +214,42 @@ def test_one_and_two_layer_maskers_predict_differently():
                for layers in (1, 2)]
     masker_ms = [sum(b.ops_ms["masker"] for b in r.blocks) for r in reports]
     assert masker_ms[0] != pytest.approx(masker_ms[1], rel=1e-3)
+
+
+# Products and convolutions in ONNX Runtime's profile, and the plan's kinds they are.
+_ORT_PRODUCTS = {"Conv": "conv", "FusedConv": "conv", "Gemm": "product", "FusedGemm": "product", "MatMul": "product"}
+
+
+@pytest.mark.parametrize("name,kwargs", [case for case in CASES if case[1]["mode"] != "both"] + [
+    ("laud_resnet50", dict(mode="both", spatial_granularity=2, channel_granularity=8)),
+])
+def test_onnxruntime_plan_lists_the_products_the_engine_graph_runs(name, kwargs):
+    """Per block, the plan for ONNX Runtime has the graph's convolutions and products on rows (by
+    number and MACs; masker and SE products aside, the profile names them), and no fused pass."""
+    from laudnet.sparse.executor import SparseModel
+    from laudnet.sparse.export import _node_macs, executed_nodes
+    from laudnet.sparse.lowering import lower
+
+    torch.manual_seed(0)
+    extra = {"width_multiplier": 0.25} if "resnet" in name else {}
+    model = randomize_maskers_(randomize_(create_model(name, **kwargs, **extra)), bias=0.3).eval()
+    images = torch.randn(1, 3, 61, 83, generator=torch.Generator().manual_seed(0))
+    ran: dict[str, list[dict]] = {}
+    # The engine's graph unblocked: ONNX Runtime's blocked layout pads the channels it convolves.
+    for node in executed_nodes(lower(SparseModel(model), (61, 83), None, portable=False), images):
+        scope = node["name"].split("/")
+        if node["op_name"] in _ORT_PRODUCTS and not {"masker", "se"} & set(scope):
+            ran.setdefault(scope[0], []).append(node)
+    for shape, masks, _ in _trace_blocks(model, images):
+        work = work_of_masks(shape, masks, 1)
+        planned = [op for op in block_ops(shape, shape.spec, work, "onnxruntime") if op.count and op.role != "se"
+                   and op.kind in ("conv", "grouped_conv", "matmul", "grouped_matmul")]
+        kinds = Counter("conv" if op.kind.endswith("conv") else "product" for op in planned)
+        nodes = ran.get(shape.name, [])
+        assert kinds == Counter(_ORT_PRODUCTS[n["op_name"]] for n in nodes), f"{shape.name} {work}"
+        assert sum(op.macs for op in planned) == sum(_node_macs(n) for n in nodes), shape.name
+        torch_macs = sum(op.macs for op in block_ops(shape, shape.spec, work) if op.role != "se")
+        assert sum(op.macs for op in planned) == torch_macs  # the same work, run another way
+        if not gathers(shape, shape.spec, work, "onnxruntime"):
+            elementwise = [op for op in block_ops(shape, shape.spec, work, "onnxruntime") if op.kind == "elementwise"]
+            assert all(op.role in ("masker", "se") for op in elementwise), shape.name

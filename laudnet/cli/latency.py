@@ -13,6 +13,7 @@ from ..latency.design.plot import PLOT_MODES, curves_png, latency_curves
 from ..latency.design.search import GranularityResult
 from ..latency.design.suggest import measure_suggestion, suggest, write_config
 from ..latency.device.calibrate import calibrate
+from ..latency.device.measure import MEASURED_BACKENDS
 from ..latency.device.validate import validate, write_report
 from ..reporting import dumps, format_table, to_jsonable
 from .common import ProgressBars, add_spec_arguments, load_warning, parse_duration, positive_int
@@ -65,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device to calibrate (default cpu)")
     p.add_argument("-o", "--output", default="my-device.yaml", help="profile to write (default my-device.yaml)")
     p.add_argument("--budget", default="5m", help="time for the measurements, e.g. 300, 90s, 5m (default 5m)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores); recorded")
+    p.add_argument("--backend", default=None, choices=MEASURED_BACKENDS,
+                   help="engine to price (default: onnxruntime on the cpu, torch on cuda: what convert runs)")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads (default: all cores); recorded")
     p.add_argument("--name", default=None, help="name of the profile (default: the processor's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=calibrate_command)
@@ -224,11 +227,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
     warning = load_warning(os.getloadavg())
     if warning:
         print(warning, file=sys.stderr)
-    result = calibrate(args.device, threads=args.threads, budget_s=budget, name=args.name,
+    result = calibrate(args.device, threads=args.threads, budget_s=budget, name=args.name, backend=args.backend,
                        progress=ProgressBars(not args.no_progress))
     save_hardware(result.hardware, args.output, result.record)
     hw = result.hardware
-    print(f"{hw.name}: {args.device}, {hw.engine.threads} threads; fitted {hw.frequency_hz / 1e9:.2f} GHz x "
+    print(f"{hw.name}: {args.device}, {hw.engine.backend} engine, {hw.engine.threads} threads; fitted {hw.frequency_hz / 1e9:.2f} GHz x "
           f"{hw.n_pes} PEs x {hw.lanes_per_pe:g} lanes, DRAM {hw.dram_bandwidth / 1e9:.1f} GB/s, "
           f"L2 x{hw.l2_bandwidth_ratio:.2f}, launch {hw.launch_time_s * 1e6:.2f} us")
     rows = [[k.kind, k.samples, 100 * k.analytic_error, 100 * k.calibrated_error] for k in result.kinds]
@@ -248,7 +251,8 @@ def validate_command(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(report))
         return 0
-    print(f"{report.hardware}: {report.device}, {report.threads} threads, {report.repeats} rounds; load average "
+    print(f"{report.hardware}: {report.device}, {report.backend} engine, {report.threads} threads, {report.repeats} "
+          "rounds; load average "
           f"before {report.load_before[0]:.2f}, after {report.load_after[0]:.2f}")
     if args.per_block:
         print(format_table(["configuration", "block", "predicted ms", "measured ms", "error %"],

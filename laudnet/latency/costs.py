@@ -13,9 +13,11 @@ from the operation's sizes and the profile's hardware parameters (:mod:`.calibra
 
 Without calibration the weights are :data:`PRIOR`: the analytic model alone. Calibration fits them
 per kind (nn-Meter fits one regressor per kernel type for the same reason: one analytic model does
-not describe every kernel of a CPU's eager runtime). Three pseudo-kinds price the Python around
-the operations, in multiples of ``launch``: ``glue`` per operation, ``block`` per residual block
-call and ``model`` per model call.
+not describe every kernel of a CPU's eager runtime). Four pseudo-kinds price what runs around
+the operations (Python for the torch engine; the session and small index nodes for ONNX Runtime),
+in multiples of ``launch``: ``glue`` per operation, ``block`` per residual block call,
+``gathering_block`` more per call of a block that gathers positions or channels, ``model`` per
+model call.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from ..sparse.kernels import OP_KINDS
 from ..errors import UsageError
 
 FEATURES: tuple[str, ...] = ("launch", "analytic", "compute", "inputs", "weights", "outputs", "rows")
-OVERHEAD_KINDS: tuple[str, ...] = ("glue", "block", "model")
+OVERHEAD_KINDS: tuple[str, ...] = ("glue", "block", "gathering_block", "model")
 PRIOR: dict[str, float] = {"launch": 0.0, "analytic": 1.0, "compute": 0.0, "inputs": 0.0, "weights": 0.0,
                            "outputs": 0.0, "rows": 0.0}
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
+# The engine backends a profile can price (``laudnet.sparse.convert``'s names); ONNX Runtime runs on the CPU.
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 
 
 def kind_features(kind: str) -> tuple[str, ...]:
@@ -45,21 +49,27 @@ def prior_coefficients(kind: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class EngineCosts:
-    """How the sparse engine's operations cost on one device at one thread count.
+    """How the sparse engine's operations cost on one device at one thread count, run by one backend.
 
     ``coefficients`` holds, per kind, the weight of each of its features (a tuple of pairs so
-    the profile stays hashable); kinds or features left out take their prior.
+    the profile stays hashable); kinds or features left out take their prior. ``backend``: the
+    engine that was measured (profiles written before it was recorded priced ``torch``).
     """
 
     device: str
     threads: int
     coefficients: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise UsageError(f"engine device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise UsageError(f"engine threads must be a positive integer, got {self.threads!r}")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"engine backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "onnxruntime" and self.device != "cpu":
+            raise UsageError(f"engine backend onnxruntime runs on the cpu, not on {self.device}")
         known = OP_KINDS + OVERHEAD_KINDS
         for kind, values in self.coefficients:
             if kind not in known:
@@ -82,7 +92,8 @@ class EngineCosts:
         return dict(self.coefficients)
 
     @classmethod
-    def build(cls, device: str, threads: int, coefficients: Mapping[str, Mapping[str, float]]) -> "EngineCosts":
+    def build(cls, device: str, threads: int, coefficients: Mapping[str, Mapping[str, float]],
+              backend: str = "torch") -> "EngineCosts":
         """From a mapping kind → feature → weight (the YAML form)."""
         if not isinstance(coefficients, Mapping):
             raise UsageError(f"engine costs must map kinds to their feature weights, got {coefficients!r}")
@@ -91,12 +102,13 @@ class EngineCosts:
             if not isinstance(values, Mapping):
                 raise UsageError(f"engine costs of {kind}: expected a mapping of feature weights, got {values!r}")
             pairs.append((str(kind), tuple((str(k), _number(kind, k, v)) for k, v in values.items())))
-        return cls(device, threads, tuple(pairs))
+        return cls(device, threads, tuple(pairs), backend)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.device,
             "threads": self.threads,
+            "backend": self.backend,
             "costs": {kind: dict(values) for kind, values in self.coefficients},
         }
 

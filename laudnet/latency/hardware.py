@@ -10,7 +10,7 @@ up (``"add"``) or overlap (``"max"``).
 
 A :class:`Hardware` is a plain frozen dataclass of numbers, so it can be fitted to
 measurements, hashed as a cache key and round-tripped through YAML. A profile calibrated on a
-device (``laudnet calibrate``) adds ``engine``: the device and thread count it was measured with
+device (``laudnet calibrate``) adds ``engine``: the device, thread count and engine backend it was measured with
 and the fitted cost of each of the sparse engine's operator kinds (:mod:`.costs`); such a profile
 predicts the engine's execution of a model on that device rather than the paper's GPU kernels.
 YAML files may also carry ``calibration``, a record of how the profile was made, which prediction
@@ -204,14 +204,14 @@ def save_hardware(
 def _engine(value: Any) -> EngineCosts:
     """The ``engine`` section: device, threads and per-kind costs."""
     if not isinstance(value, dict):
-        raise UsageError(f"engine must be a mapping with device, threads and costs, got {value!r}")
-    unknown = sorted(set(map(str, value)) - {"device", "threads", "costs"})
+        raise UsageError(f"engine must be a mapping with device, threads, backend and costs, got {value!r}")
+    unknown = sorted(set(map(str, value)) - {"device", "threads", "backend", "costs"})
     if unknown:
-        raise UsageError(f"engine: unknown keys {', '.join(unknown)}; known keys are device, threads, costs")
+        raise UsageError(f"engine: unknown keys {', '.join(unknown)}; known keys are device, threads, backend, costs")
     missing = [k for k in ("device", "threads") if k not in value]
     if missing:
         raise UsageError(f"engine: missing {', '.join(missing)}")
-    return EngineCosts.build(value["device"], value["threads"], value.get("costs") or {})
+    return EngineCosts.build(value["device"], value["threads"], value.get("costs") or {}, value.get("backend", "torch"))
 
 
 def _coerce(path: Path, key: str, value: Any, kind: Any) -> Any:

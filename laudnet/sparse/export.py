@@ -166,6 +166,14 @@ def _batch_of(graph: onnx.ModelProto) -> int | None:
     return dim.dim_value if dim.HasField("dim_value") else None
 
 
+def engine_graph(model: DynamicBackbone, input_hw: tuple[int, int], threads: int | None = None,
+                 features: bool = False) -> onnx.ModelProto:
+    """The graph :class:`OrtEngine` runs for images of ``input_hw``: the lowered engine
+    (:func:`~.lowering.lower`) as ONNX Runtime optimises it for ``threads``, blocked layout kept
+    across ``If`` boundaries (:func:`~.blocked.keep_blocked`); load it with ``layout=False``."""
+    return keep_blocked(lower(SparseModel(model), input_hw, None, features=features, portable=False), threads)
+
+
 class OrtEngine(nn.Module):
     """A LAUD model's sparse engine run by ONNX Runtime on the CPU.
 
@@ -188,9 +196,8 @@ class OrtEngine(nn.Module):
         """The ONNX Runtime session for images of ``input_hw`` (built on first use) and its fixed batch."""
         key = (input_hw, features)
         if key not in self._sessions:
-            graph = lower(SparseModel(self._model[0]), input_hw, None, features=features, portable=False)
-            session = ort_session(keep_blocked(graph, self.threads), self.threads, layout=False)
-            self._sessions[key] = (session, _batch_of(graph))
+            graph = engine_graph(self._model[0], input_hw, self.threads, features)
+            self._sessions[key] = (ort_session(graph, self.threads, layout=False), _batch_of(graph))
         return self._sessions[key]
 
     def _run(self, x: torch.Tensor, features: bool) -> list[torch.Tensor]:

@@ -47,6 +47,7 @@ from .bottleneck import SparseBlock, tap_layout
 from .executor import SparseModel
 from .gather import gather_tables
 from .graph import CONTRIB, Graph, tensor_input
+from .plan import on_rows
 
 INPUT, OUTPUT = "images", "logits"
 
@@ -209,13 +210,8 @@ class BlockLowering:
         """Whether the block runs on NHWC rows: where it gathers positions or channels. Consecutive such
         blocks pass rows on, so no transpose runs between them; static and whole-block-gated blocks
         convolve NCHW (ONNX Runtime's blocked layout, bias, ReLU and residual sum fused)."""
-        spec = self.spec
-        if self.sliced_convs:
-            return False
-        if spec.has_channel:
-            return True
-        return (spec.has_spatial and spec.mode != "layer"
-                and _grid(self.out_hw(in_hw), spec.spatial_granularity) != (1, 1))
+        grid = _grid(self.out_hw(in_hw), self.spec.spatial_granularity)
+        return on_rows(self.spec, self.shape.groups, grid) or (self.spec.has_channel and not self.sliced_convs)
 
     def batch_size(self, x: Feature) -> str:
         """The batch size ``(1,)`` (a constant where it is fixed)."""

@@ -23,14 +23,15 @@ import numpy as np
 
 from ..dynamic.spec import StageSpec
 from ..models.blocks import BlockMasks
-from ..models.structure import BlockShape, ModelShape
+from ..models.structure import BlockShape, ModelShape, conv_output_hw
 from .bottleneck import BottleneckProgram, weight_shapes
 from .executor import StemHeadProgram
 from .kernels import CONV_KINDS, OP_KINDS, EngineOp, Scenario, Shape, ShapeKernels, Traffic, conv_kind
 
 __all__ = [
-    "CONV_KINDS", "OP_KINDS", "BlockWork", "EngineOp", "Traffic", "block_ops", "conv_kind", "expected_conv1_density",
-    "expected_work", "full_work", "head_ops", "stem_ops", "work_of_masks",
+    "CONV_KINDS", "OP_KINDS", "BlockWork", "EngineOp", "Traffic", "block_calls", "block_ops", "conv_kind",
+    "expected_conv1_density", "expected_work", "full_work", "gathers", "head_ops", "on_rows", "stem_ops",
+    "work_of_masks",
 ]
 
 
@@ -114,9 +115,93 @@ def _cells_touched(in_size: int, out_size: int, stride: int, granularity: int) -
     return np.array(counts, dtype=np.float64)
 
 
-def block_ops(block: BlockShape, spec: StageSpec, work: BlockWork) -> tuple[EngineOp, ...]:
-    """The operations the engine runs for ``block``, run as ``spec`` says, doing ``work``."""
-    return _block_ops(replace(block, spec=spec), work)
+def block_ops(block: BlockShape, spec: StageSpec, work: BlockWork, backend: str = "torch") -> tuple[EngineOp, ...]:
+    """The operations the engine of ``backend`` runs for ``block``, run as ``spec`` says, doing ``work``."""
+    ops = _block_ops(replace(block, spec=spec), work)
+    if backend == "torch":
+        return ops
+    if backend != "onnxruntime":
+        raise ValueError(f"no plan for backend {backend!r}")
+    return _onnxruntime_ops(ops, gathers(block, spec, work, backend), on_rows(spec, block.groups, block.spatial_grid))
+
+
+def on_rows(spec: StageSpec, groups: int, grid: tuple[int, int]) -> bool:
+    """Whether the engine's ONNX graph (:mod:`.lowering`) runs a block on NHWC rows, gathering positions
+    or channels for products on rows: spatial masks finer than the whole map, or channel masks in a
+    block with conv groups (one without groups convolves NCHW with its active channels' weights)."""
+    if spec.has_channel:
+        return spec.has_spatial or groups > 1
+    return spec.has_spatial and spec.mode != "layer" and grid != (1, 1)
+
+
+def gathers(block: BlockShape, spec: StageSpec, work: BlockWork, backend: str = "torch") -> bool:
+    """Whether the engine gathers for ``work``: some but not all positions (finer than whole-block
+    gates) or channels kept; all kept run the static block, none its shortcut. ONNX Runtime's graph
+    gathers only where it runs on rows (:func:`on_rows`)."""
+    if backend == "onnxruntime" and not on_rows(spec, block.groups, block.spatial_grid):
+        return False
+    positions = 0 < work.conv3_rows < full_work(block, work.batch).conv3_rows
+    some_positions = spec.has_spatial and block.spatial_grid != (1, 1) and positions
+    return some_positions or (spec.has_channel and 0 < work.channels < block.width)
+
+
+def block_calls(
+    block: BlockShape, spec: StageSpec, work: BlockWork, backend: str = "torch",
+) -> tuple[tuple[str, float], ...]:
+    """The per-call costs a block pays besides its operations: every block's, and a gathering block's
+    (the index arithmetic and reshapes around its gathers and scatters)."""
+    return (("block", 1.0),) + ((("gathering_block", 1.0),) if gathers(block, spec, work, backend) else ())
+
+
+def _onnxruntime_ops(ops: tuple[EngineOp, ...], gathering: bool, rows: bool) -> tuple[EngineOp, ...]:
+    """The torch program's operations as the ONNX graph runs them: bias, ReLU and residual passes
+    fused into the product or convolution before them; without gathers, products as 1×1
+    convolutions (ONNX Runtime's blocked direct convolutions; the projection of a block on ``rows``
+    stays a product) and no element-wise pass but the maskers' and the SE's, whose channel scaling
+    runs unblocked between two reorders. A grouped product on rows (batched ``MatMul``) adds its
+    bias and transposes back to rows in passes of their own."""
+    kept: list[EngineOp] = []
+    scaled = 0  # the size of the activation the SE pools, hence scales
+    for op in ops:
+        if op.kind == "reduce" and op.role == "se":
+            scaled = op.dims[0]
+        if op.kind == "elementwise":
+            fused = bool(kept) and kept[-1].kind in PRODUCT_KINDS
+            if fused or (not gathering and op.role not in UNFUSED_ROLES):
+                continue
+            if not gathering and op.role == "se" and op.dims[0] == scaled:
+                op = op.times(3)
+        convolved = not rows if op.role == "projection" else not gathering
+        if op.kind == "matmul" and convolved and op.role not in UNFUSED_ROLES:
+            m, k, n = op.dims
+            op = replace(op, kind="conv", dims=(1, k, n, m, 1, 1, 1, 1))
+        if op.kind in CONV_KINDS and gathering:
+            kept.extend(_windows(op))
+            continue
+        kept.append(op)
+        if op.kind == "grouped_matmul":
+            g, m, _, n = op.dims
+            kept.append(EngineOp("elementwise", op.role, (g * m * n,), 2 * op.count))
+    return tuple(kept)
+
+
+def _windows(conv: EngineOp) -> list[EngineOp]:
+    """A convolution over every position as a gathering block's graph runs it: its windows gathered
+    from the rows, (grouped: regrouped,) then a product on them."""
+    b, cin, cout, h, w, kernel, stride, groups = conv.dims
+    oh, ow = conv_output_hw((h, w), kernel, stride, kernel // 2)
+    rows, taps = b * oh * ow, kernel * kernel
+    ops = [EngineOp("gather", conv.role, (rows * taps, cin), conv.count)]
+    if groups == 1:
+        return ops + [EngineOp("matmul", conv.role, (rows, taps * cin, cout), conv.count)]
+    product = EngineOp("grouped_matmul", conv.role, (groups, rows, taps * cin // groups, cout // groups), conv.count)
+    return ops + [EngineOp("elementwise", conv.role, (rows * taps * cin,), conv.count), product,
+                  EngineOp("elementwise", conv.role, (rows * cout,), 2 * conv.count)]
+
+
+PRODUCT_KINDS: tuple[str, ...] = ("matmul", "grouped_matmul") + CONV_KINDS
+# Parts whose element-wise passes and products run as such in every path (pooled vectors, the SE's scaling).
+UNFUSED_ROLES: tuple[str, ...] = ("masker", "se")
 
 
 @lru_cache(maxsize=1 << 14)
@@ -149,11 +234,12 @@ def _scenarios(block: BlockShape, work: BlockWork) -> list[tuple[Scenario, float
     ]
 
 
-def stem_ops(model: ModelShape, batch: int) -> tuple[EngineOp, ...]:
-    """The engine's stem: the input made channels-last, the folded conv and its ReLU, [the max pool]."""
+def stem_ops(model: ModelShape, batch: int, backend: str = "torch") -> tuple[EngineOp, ...]:
+    """The engine's stem: the input made channels-last, the folded conv and its ReLU, [the max pool]
+    (ONNX Runtime's blocked conv reads the NCHW images as they are and fuses the ReLU)."""
     kernels = ShapeKernels()
     StemHeadProgram.of_shape(model).stem(kernels, Shape((batch, model.stem[0].in_channels, *model.input_hw)))
-    return tuple(kernels.ops)
+    return tuple(kernels.ops) if backend == "torch" else _onnxruntime_ops(tuple(kernels.ops), False, False)
 
 
 def head_ops(model: ModelShape, batch: int) -> tuple[EngineOp, ...]:

@@ -1,8 +1,9 @@
 """Latency of the sparse engine on a calibrated device: the engine's plan, priced per operation.
 
-A calibrated profile (``Hardware.engine``) predicts a block as the engine runs it: the operations
-:mod:`laudnet.sparse.plan` lists for the block's shape, spec and work, each priced by its kind's
-fitted weights (:mod:`.costs`) of the features computed here, plus the Python cost of a block call.
+A calibrated profile (``Hardware.engine``) predicts a block as its engine backend runs it: the
+operations :mod:`laudnet.sparse.plan` lists for the block's shape, spec, work and backend, each
+priced by its kind's fitted weights (:mod:`.costs`) of the features computed here, plus the cost of
+a block call (:func:`~laudnet.sparse.plan.block_calls`).
 The ``analytic`` feature maps each engine operation onto the paper's operator models
 (:mod:`~laudnet.latency.analytic.operators`): a product on rows is a 1×1 convolution over ``m``
 positions, a gather a copy, a scatter-add an element-wise sum, and so on.
@@ -18,7 +19,7 @@ import numpy as np
 
 from ...dynamic.spec import StageSpec
 from ...models.structure import BlockShape, ModelShape, conv_output_hw
-from ...sparse.plan import CONV_KINDS, BlockWork, EngineOp, block_ops, expected_work, head_ops, stem_ops
+from ...sparse.plan import CONV_KINDS, BlockWork, EngineOp, block_calls, block_ops, expected_work, head_ops, stem_ops
 from ..analytic import operators as op
 from ..hardware import Hardware
 from ..interface import BlockDensity
@@ -58,15 +59,17 @@ def block_work(block: BlockShape, spec: StageSpec, batch: int, density: BlockDen
 
 
 def block_seconds(hw: Hardware, block: BlockShape, spec: StageSpec, work: BlockWork) -> dict[str, float]:
-    """Seconds per call of ``block`` doing ``work``, by part of the block (plus the call overhead)."""
-    parts = price(hw, block_ops(block, spec, work))
-    parts["overhead"] = overhead_seconds(hw, "block")
+    """Seconds per call of ``block`` doing ``work``, by part of the block (plus the call overheads),
+    as the profile's engine backend runs it."""
+    parts = price(hw, block_ops(block, spec, work, hw.engine.backend))
+    parts["overhead"] = sum(count * overhead_seconds(hw, kind) for kind, count in
+                            block_calls(block, spec, work, hw.engine.backend))
     return parts
 
 
 def stem_seconds(hw: Hardware, shape: ModelShape) -> float:
     """The stem, plus the Python cost of a model call."""
-    return sum(price(hw, stem_ops(shape, hw.batch_size)).values()) + overhead_seconds(hw, "model")
+    return sum(price(hw, stem_ops(shape, hw.batch_size, hw.engine.backend)).values()) + overhead_seconds(hw, "model")
 
 
 def head_seconds(hw: Hardware, shape: ModelShape) -> float:

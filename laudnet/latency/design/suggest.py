@@ -160,5 +160,6 @@ def measure_suggestion(suggestion: Suggestion, hardware: LatencyLike, repeats: i
     config = EngineConfig(suggestion.model, (suggestion.input_size, suggestion.input_size), choice.spec,
                           choice.density, suggestion.batch)
     with measuring(hw.engine.threads):
-        (measurement,) = measure_engines([config], repeats=repeats, device=hw.engine.device)
+        (measurement,) = measure_engines([config], repeats=repeats, device=hw.engine.device,
+                                         backend=hw.engine.backend)
     return compare(hw, measurement)[1]

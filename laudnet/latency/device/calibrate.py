@@ -1,8 +1,13 @@
-"""Calibrating the latency predictor on this device: micro-benchmarks of the engine's operators, a fit.
+"""Calibrating the latency predictor on this device: the engine's operators and blocks timed, a fit.
 
-``calibrate`` (``laudnet calibrate``) measures, within a time budget and at a fixed thread count:
+``calibrate`` (``laudnet calibrate``) measures one engine backend (``torch`` or ``onnxruntime``, the
+CPU engine :func:`laudnet.sparse.convert` picks by default), within a time budget and at a fixed
+thread count:
 
-1. **Operators**: the primitive operations of the sparse engine (:mod:`laudnet.sparse.plan`) over
+1. **Operators**: for ``onnxruntime``, every node of the fitting configurations' graphs that is a
+   convolution, product, gather, scatter, pooling or element-wise pass, timed where it ran by ONNX
+   Runtime's profiler (:func:`node_operation` reads its sizes from the profile). For ``torch``,
+   the primitive operations of the sparse engine (:mod:`laudnet.sparse.plan`) over
    a spread of shapes drawn from the plans of the fitting configurations (:data:`FIT_CONFIGS`):
    dense 1×1 (products on rows), 3×3 and grouped convolutions, products on gathered windows at
    several densities and granularities, channel-sliced weights, gathers, scatter-adds, maskers,
@@ -10,8 +15,13 @@
    output buffer out of it, as in a forward pass (:func:`time_operators`); calls are timed in
    interleaved rounds and the fastest kept (:func:`laudnet.timing.fastest`).
 2. **Blocks where they run**: the fitting configurations, whole models timed block by block
-   (:mod:`.measure`), for what no single operator shows: the Python cost of a block and of a
-   model call, and caches as a real forward pass leaves them.
+   (:mod:`.measure`), for what no single operator shows: the cost of a block and of a model call
+   (Python for torch, the session and small index nodes for ONNX Runtime), and caches as a real
+   forward pass leaves them.
+
+Both backends are priced with the same plan (:mod:`laudnet.sparse.plan`): the ONNX Runtime graph
+runs the same products, gathers and scatters on the same rows (:mod:`laudnet.sparse.lowering`),
+with a few more small nodes per block (index arithmetic, ``If``) that the block cost absorbs.
 
 Then it fits, in two steps: the analytic hardware model's parameters (clock, DRAM bandwidth, L2
 ratio, launch time; the PEs are the threads) to the operator timings, by least squares on the log
@@ -28,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 import os
 import platform
 import time
@@ -43,12 +54,15 @@ from ...errors import UsageError
 from ...models.resnet import LaudBottleneck
 from ...models.structure import BlockShape, model_shape
 from ...sparse.kernels import TorchKernels
-from ...sparse.plan import CONV_KINDS, EngineOp, block_ops, expected_work, head_ops, stem_ops
+from ...sparse.kernels import conv_kind
+from ...sparse.plan import CONV_KINDS, EngineOp, block_calls, block_ops, expected_work, head_ops, stem_ops
 from ..calibrated import pricing
 from ..costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
 from ..hardware import Hardware
 from ...timing import fastest, time_call_ms
-from .measure import EngineConfig, EngineMeasurement, measure_engines, measuring, reference_ms
+from .measure import (
+    MEASURED_BACKENDS, EngineConfig, EngineMeasurement, NodeTime, measure_engines, measuring, reference_ms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +283,58 @@ def time_operators(
     return [fastest(values) for values in samples]
 
 
+# Smaller gathers, scatters and element-wise nodes move index tables and shapes, not activations.
+MIN_ROW_WIDTH, MIN_ELEMENTWISE = 16, 1024
+
+
+def node_operation(node: NodeTime) -> EngineOp | None:
+    """The engine operation an ONNX Runtime node ran, from the shapes its profile records: a
+    convolution, a product on rows (``Gemm``) or on grouped rows (batched ``MatMul``), a gather of
+    rows (``slice`` when it gathers weights), a scatter of rows, max pooling, a mean or an
+    element-wise pass. ``None`` for the small nodes (index arithmetic, shapes, transposes,
+    control flow), which the block's cost absorbs."""
+    op, inputs, outputs = node.op_name, node.inputs, node.outputs
+    if not inputs or not outputs:
+        return None
+    x, y = inputs[0], outputs[0]
+    if op in ("Conv", "FusedConv") and len(inputs) > 1 and len(x) == len(inputs[1]) == 4:
+        weight = inputs[1]
+        groups = max(x[1] // weight[1], 1)
+        stride = max(round(x[2] / y[2]), 1)
+        return EngineOp(conv_kind(groups), "node", (x[0], x[1], y[1], x[2], x[3], weight[2], stride, groups))
+    if op in ("Gemm", "FusedGemm", "MatMul", "FusedMatMul") and len(x) == len(y) == 2:
+        return EngineOp("matmul", "node", (x[0], x[1], y[1]))
+    if op in ("MatMul", "FusedMatMul") and len(x) == len(y) == 3 and x[0] > 1:
+        return EngineOp("grouped_matmul", "node", (x[0], x[1], x[2], y[2]))
+    if op == "MaxPool" and len(x) == 4:
+        return EngineOp("max_pool", "node", x)
+    rows, width = (y[0], math.prod(y[1:])) if len(y) >= 2 else (0, 0)
+    if op == "Gather" and rows and width >= MIN_ROW_WIDTH:
+        return EngineOp("slice" if node.constant_input else "gather", "node", (rows, width))
+    if op == "ScatterND" and len(inputs) == 3 and len(inputs[2]) >= 2 and math.prod(inputs[2][1:]) >= MIN_ROW_WIDTH:
+        return EngineOp("scatter", "node", (inputs[2][0], math.prod(inputs[2][1:])))
+    if op in ("ReduceMean", "GlobalAveragePool"):
+        return EngineOp("reduce", "node", (math.prod(x), math.prod(y)))
+    if op in ("Relu", "Add", "Sum") and math.prod(y) >= MIN_ELEMENTWISE:
+        return EngineOp("elementwise", "node", (math.prod(y),))
+    return None
+
+
+def node_samples(measurements: Sequence[EngineMeasurement]) -> tuple[Sample, ...]:
+    """One operator sample per distinct operation (kind and sizes) the measured graphs ran: the
+    fastest node that ran it."""
+    found: dict[tuple, Sample] = {}
+    for measurement in measurements:
+        for node in measurement.nodes:
+            operation = node_operation(node)
+            if operation is None or node.seconds <= 0:
+                continue
+            key = (operation.kind, operation.dims)
+            if key not in found or node.seconds < found[key].seconds:
+                found[key] = Sample(f"{operation.kind} {operation.dims}", node.seconds, (operation,))
+    return tuple(found.values())
+
+
 # ---------------------------------------------------------------------------- fitting
 
 
@@ -315,7 +381,8 @@ def design_row(hw: Hardware, sample: Sample) -> np.ndarray:
     return row
 
 
-def fit_costs(hw: Hardware, samples: Sequence[Sample], device: str, threads: int, ridge: float = RIDGE) -> EngineCosts:
+def fit_costs(hw: Hardware, samples: Sequence[Sample], device: str, threads: int, backend: str = "torch",
+              ridge: float = RIDGE) -> EngineCosts:
     """Non-negative weights of every kind's features that best explain ``samples`` (relative least
     squares), pulled towards the analytic model (:func:`~laudnet.latency.costs.prior_coefficients`)."""
     columns = COLUMNS
@@ -336,7 +403,7 @@ def fit_costs(hw: Hardware, samples: Sequence[Sample], device: str, threads: int
     table: dict[str, dict[str, float]] = {}
     for (kind, name), value in zip(columns, weights):
         table.setdefault(kind, {})[name] = float(value)
-    return EngineCosts.build(device, threads, table)
+    return EngineCosts.build(device, threads, table, backend)
 
 
 def predicted_seconds(hw: Hardware, sample: Sample) -> float:
@@ -365,16 +432,23 @@ def _device_name(device: str) -> str:
     return (platform.processor() or platform.machine() or "cpu").replace(" ", "-").lower()
 
 
+def default_backend(device: str) -> str:
+    """The engine a profile for ``device`` prices unless told: what :func:`laudnet.sparse.convert`
+    runs there by default on the CPU (ONNX Runtime), the torch engine on a GPU."""
+    return "onnxruntime" if device == "cpu" else "torch"
+
+
 def calibrate(
     device: str = "cpu", *, threads: int | None = None, budget_s: float = 300.0, name: str | None = None,
-    configs: Sequence[EngineConfig] = FIT_CONFIGS, seed: int = 0,
+    configs: Sequence[EngineConfig] = FIT_CONFIGS, seed: int = 0, backend: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Calibration:
     """Benchmark the engine's operators and blocks on ``device`` and fit a profile.
 
-    ``threads`` (default: torch's current count) is fixed for the whole run and recorded;
-    ``budget_s`` bounds the measurements (at least :data:`MIN_REPEATS` rounds are always made).
-    ``progress(stage, done, total)`` follows the rounds of each stage (``operators``, ``blocks``).
+    ``backend``: the engine to price (default :func:`default_backend`). ``threads`` (default:
+    torch's current count) is fixed for the whole run and recorded; ``budget_s`` bounds the
+    measurements (at least :data:`MIN_REPEATS` rounds are always made). ``progress(stage, done,
+    total)`` follows the rounds of each stage (``operators`` for torch, ``blocks``).
     """
     if device not in ("cpu", "cuda"):
         raise UsageError(f"device must be cpu or cuda, got {device!r}")
@@ -382,6 +456,11 @@ def calibrate(
         raise UsageError("device cuda: no CUDA device is available here; calibrate with --device cpu")
     if budget_s <= 0:
         raise UsageError(f"budget must be positive, got {budget_s} s")
+    backend = backend or default_backend(device)
+    if backend not in MEASURED_BACKENDS:
+        raise UsageError(f"cannot calibrate backend {backend!r}; accepted: {', '.join(MEASURED_BACKENDS)}")
+    if backend == "onnxruntime" and device != "cpu":
+        raise UsageError(f"the onnxruntime engine runs on the cpu: calibrate {device} with --backend torch")
     threads = threads or torch.get_num_threads()
     started = time.perf_counter()
 
@@ -390,21 +469,25 @@ def calibrate(
 
     with measuring(threads) as session:
         reference = reference_ms(device)  # again at the end: a process is often slow at first
-        generator = torch.Generator().manual_seed(seed)
-        runners = [make_runner(op, block, spec, device, generator) for op, block, spec in operator_cases(configs, seed=seed)]
-        seconds = time_operators(runners, BUDGET_SHARE_OPERATORS * budget_s, device, stage("operators"))
-        operator_samples = tuple(Sample(f"{r.op.kind} {r.op.dims}", s, (r.op,)) for r, s in zip(runners, seconds))
-        del runners
+        operator_samples: tuple[Sample, ...] = ()
+        if backend == "torch":  # ONNX Runtime's operators are timed inside the block measurements
+            generator = torch.Generator().manual_seed(seed)
+            runners = [make_runner(op, block, spec, device, generator)
+                       for op, block, spec in operator_cases(configs, seed=seed)]
+            seconds = time_operators(runners, BUDGET_SHARE_OPERATORS * budget_s, device, stage("operators"))
+            operator_samples = tuple(Sample(f"{r.op.kind} {r.op.dims}", s, (r.op,)) for r, s in zip(runners, seconds))
+            del runners
         remaining = max(budget_s - (time.perf_counter() - started), 0.0)
         measurements = measure_engines(configs, repeats=None, budget_s=remaining, device=device, seed=seed,
-                                       progress=stage("blocks"))
+                                       progress=stage("blocks"), backend=backend)
         reference = min(reference, reference_ms(device))
+    operator_samples += node_samples(measurements)
     block_samples = tuple(s for m in measurements for s in measurement_samples(m))
     base = initial_hardware(device, threads)
     if name:
         base = dataclasses.replace(base, name=name)
     hw = fit_hardware(base, operator_samples)
-    hw = dataclasses.replace(hw, engine=fit_costs(hw, operator_samples + block_samples, device, threads))
+    hw = dataclasses.replace(hw, engine=fit_costs(hw, operator_samples + block_samples, device, threads, backend))
     kinds = tuple(_kind_fit(hw, kind, operator_samples) for kind in OP_KINDS)
     block_error = _median_error(hw, [s for s in block_samples if s.label.startswith("block")])
     record = {
@@ -412,7 +495,9 @@ def calibrate(
         "device": device,
         "processor": _device_name(device),
         "threads": threads,
+        "backend": backend,
         "torch": str(torch.__version__),
+        **({"onnxruntime": _onnxruntime_version()} if backend == "onnxruntime" else {}),
         "budget_s": round(budget_s, 1),
         "elapsed_s": round(time.perf_counter() - started, 1),
         "load_before": list(session.load_before),
@@ -426,16 +511,22 @@ def calibrate(
     return Calibration(hw, operator_samples, block_samples, kinds, block_error, record)
 
 
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
 def measurement_samples(measurement: EngineMeasurement) -> list[Sample]:
     """Samples of one model measurement: every block, the stem (with the model call) and the head."""
-    config, shape = measurement.config, measurement.shape
-    samples = [
-        Sample(f"block {config.describe()} {b.name}", b.ms / 1e3,
-               block_ops(block, config.spec.stages[block.stage], b.work), (("block", 1.0),), True)
-        for block, b in zip(shape.blocks, measurement.blocks)
-    ]
-    samples.append(Sample(f"stem {config.describe()}", measurement.stem_ms / 1e3, stem_ops(shape, config.batch),
-                          (("model", 1.0),), True))
+    config, shape, backend = measurement.config, measurement.shape, measurement.backend
+    samples = []
+    for block, b in zip(shape.blocks, measurement.blocks):
+        spec = config.spec.stages[block.stage]
+        samples.append(Sample(f"block {config.describe()} {b.name}", b.ms / 1e3,
+                              block_ops(block, spec, b.work, backend), block_calls(block, spec, b.work, backend), True))
+    samples.append(Sample(f"stem {config.describe()}", measurement.stem_ms / 1e3,
+                          stem_ops(shape, config.batch, backend), (("model", 1.0),), True))
     samples.append(Sample(f"head {config.describe()}", measurement.head_ms / 1e3, head_ops(shape, config.batch),
                           (), True))
     return samples

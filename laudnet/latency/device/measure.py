@@ -18,14 +18,16 @@ another.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
-import functools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
+import onnx
 import torch
 
 from ...dynamic.spec import DynamicSpec
@@ -101,8 +103,22 @@ class BlockMeasurement:
 
 
 @dataclass(frozen=True)
+class NodeTime:
+    """One ONNX Runtime node of a measured graph (fastest round): its operator, the shapes it ran
+    on (as the profiler records them), and whether its first input is a constant (a weight)."""
+
+    name: str
+    op_name: str
+    seconds: float
+    inputs: tuple[tuple[int, ...], ...]
+    outputs: tuple[tuple[int, ...], ...]
+    constant_input: bool
+
+
+@dataclass(frozen=True)
 class EngineMeasurement:
-    """Milliseconds of one configuration (fastest rounds): whole model (no hooks), stem, head and blocks."""
+    """Milliseconds of one configuration (fastest rounds): whole model (not profiled), stem, head
+    and blocks; with the onnxruntime backend also every node that ran (``nodes``)."""
 
     config: EngineConfig
     model_ms: float
@@ -111,56 +127,210 @@ class EngineMeasurement:
     blocks: tuple[BlockMeasurement, ...]
     shape: ModelShape
     repeats: int
+    backend: str = "torch"
+    nodes: tuple[NodeTime, ...] = ()
+
+
+class _TorchParts:
+    """The torch engine timed where it runs: one forward pass with a time mark at the start and end
+    of every block."""
+
+    def __init__(self, engine: torch.nn.Module, images: torch.Tensor, device: str) -> None:
+        self.engine, self.images, self.device = engine, images, device
+        self.rounds: list[list[float]] = []
+
+    def run(self) -> None:
+        cuda = torch.device(self.device).type == "cuda"
+        marks: list[float] = []
+
+        def mark(*_):
+            if cuda:
+                torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+
+        handles = []
+        for block in self.engine.blocks:
+            handles += [block.register_forward_pre_hook(mark), block.register_forward_hook(mark)]
+        try:
+            mark()
+            self.engine(self.images)
+            mark()
+        finally:
+            for handle in handles:
+                handle.remove()
+        spans = [(b - a) * 1e3 for a, b in zip(marks[:-1], marks[1:])]
+        # stem, block 0, hook gap, block 1, ..., block n-1, head: the gaps are the hooks' own cost
+        self.rounds.append([spans[0], *spans[1:-1:2], spans[-1]])
+
+    def finish(self, model_ms: Sequence[float]) -> tuple[list[list[float]], tuple[NodeTime, ...]]:
+        return self.rounds, ()
+
+
+MIN_PROFILED_SHARE = 0.2  # the least of its profiled time a part keeps (see _OrtParts.finish)
+
+
+class _OrtParts:
+    """The ONNX Runtime engine timed where it runs: a profiling session of the engine's own graph.
+
+    A run is split at the first node of each block (nodes are named after their block): the stem
+    is everything before block 0 (with the session call itself), a block runs until the next one
+    starts, the head from its first node to the end of the run. Profiling costs time per node (about
+    10 µs here): the difference between a profiled and a plain run, shared out per node, is taken
+    off every span, so that the spans add up to the plain run. ``call`` runs the plain session.
+    """
+
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor, shape: ModelShape, threads: int) -> None:
+        from ...sparse.export import INPUT, _batch_of, engine_graph, ort_session
+
+        graph = engine_graph(model, tuple(images.shape[2:]), threads)
+        self.plain = ort_session(graph, threads, layout=False)
+        self.session = ort_session(graph, threads, profile=True, layout=False)
+        batch = _batch_of(graph)
+        array = images.numpy()
+        self.feeds = [{INPUT: array}] if batch is None else [{INPUT: array[i:i + 1]} for i in range(len(array))]
+        self.names = [b.name for b in shape.blocks]
+        self.constants = _constant_values(graph)
+        self.inputs = {node.name: (node.input[0] if node.input else "") for node in _all_nodes(graph.graph)}
+
+    def call(self) -> None:
+        for feed in self.feeds:
+            self.plain.run(None, feed)
+
+    def run(self) -> None:
+        for feed in self.feeds:
+            self.session.run(None, feed)
+
+    def finish(self, model_ms: Sequence[float]) -> tuple[list[list[float]], tuple[NodeTime, ...]]:
+        with open(self.session.end_profiling()) as handle:
+            events = json.load(handle)
+        os.unlink(handle.name)
+        runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+        nodes = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
+                       key=lambda e: e["ts"])
+        per_run = [[e for e in nodes if run["ts"] <= e["ts"] <= run["ts"] + run["dur"]] for run in runs]
+        split, counts = zip(*(self._split(run, mine) for run, mine in zip(runs, per_run)))
+        calls = len(self.feeds)  # session calls per round: their parts add up
+
+        spans = [[sum(v) for v in zip(*split[i:i + calls])] for i in range(0, len(split), calls)]
+        nodes = [sum(v) for v in zip(*counts[:calls])]
+        per_node = max(fastest([sum(r) for r in spans]) - fastest(model_ms), 0.0) / sum(nodes)
+        # The profiler's cost varies per node: where its average share would take most of a part
+        # (a tiny block of a tiny model), the part keeps a floor of its profiled time.
+        rounds = [[max(ms - n * per_node, MIN_PROFILED_SHARE * ms) for ms, n in zip(r, nodes)] for r in spans]
+        return rounds, self._node_times([e for mine in per_run for e in mine])
+
+    def _split(self, run: dict, nodes: list[dict]) -> tuple[list[float], list[int]]:
+        """Milliseconds and nodes of the stem, every block and the head in one profiled run."""
+        parts = ["stem"] + self.names + ["head"]
+        starts: dict[str, float] = {}
+        counts = dict.fromkeys(parts, 0)
+        for event in nodes:
+            scope = event["name"].split("/", 1)[0]
+            starts.setdefault(scope, event["ts"])
+            counts[scope if scope in counts else "stem"] += 1
+        missing = [n for n in parts[1:] if n not in starts]
+        if missing:
+            raise RuntimeError(f"no node of {', '.join(missing)} in the ONNX Runtime profile")
+        bounds = [run["ts"]] + [starts[n] for n in parts[1:]] + [run["ts"] + run["dur"]]
+        return [(b - a) / 1e3 for a, b in zip(bounds[:-1], bounds[1:])], [counts[n] for n in parts]
+
+    def _node_times(self, events: list[dict]) -> tuple[NodeTime, ...]:
+        fastest_us: dict[str, float] = {}
+        args: dict[str, dict] = {}
+        for event in events:
+            name = event["name"].removesuffix("_kernel_time")
+            if name not in fastest_us or event["dur"] < fastest_us[name]:
+                fastest_us[name], args[name] = event["dur"], event["args"]
+        return tuple(
+            NodeTime(name, args[name]["op_name"], us / 1e6, _shapes(args[name], "input_type_shape"),
+                     _shapes(args[name], "output_type_shape"), self.inputs.get(name, "") in self.constants)
+            for name, us in fastest_us.items()
+        )
+
+
+def _shapes(args: dict, key: str) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(v) for v in next(iter(entry.values()))) for entry in args.get(key, []))
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph``, those of its ``If`` branches included."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attribute.g)
+
+
+def _constant_values(model: onnx.ModelProto) -> set[str]:
+    """Names of the graph's weights: initializers (of every branch) and ``Constant`` outputs."""
+    names = {t.name for t in model.graph.initializer}
+    stack = [model.graph]
+    while stack:
+        graph = stack.pop()
+        names.update(t.name for t in graph.initializer)
+        for node in graph.node:
+            if node.op_type == "Constant":
+                names.update(node.output)
+            stack.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
+    return names
 
 
 @dataclass
 class _Timed:
-    """A built configuration, ready to time."""
+    """A built configuration, ready to time: ``run`` the engine, ``parts`` where it runs."""
 
     config: EngineConfig
-    engine: torch.nn.Module
-    images: torch.Tensor
+    run: Callable[[], object]
+    parts: _TorchParts | _OrtParts
     shape: ModelShape
     works: list[BlockWork]
+
+
+MEASURED_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 
 
 def measure_engines(
     configs: Sequence[EngineConfig], *, repeats: int | None = 20, budget_s: float | None = None, warmup: int = 2,
     device: str = "cpu", seed: int = 0, progress: Callable[[int, int], None] | None = None,
-    max_repeats: int = 51,
+    max_repeats: int = 51, backend: str = "torch",
 ) -> list[EngineMeasurement]:
-    """Time every configuration, one after the other: ``repeats`` rounds each, or as many as fit an
-    equal share of ``budget_s`` (between 5 and ``max_repeats``). ``progress(done, total)`` counts
-    the configurations measured."""
+    """Time every configuration with the engine of ``backend``, one after the other: ``repeats``
+    rounds each, or as many as fit an equal share of ``budget_s`` (between 5 and ``max_repeats``).
+    ``progress(done, total)`` counts the configurations measured."""
     if (repeats is None) == (budget_s is None):
         raise ValueError("give either repeats or budget_s")
     if (repeats is not None and repeats < 1) or warmup < 1:
         raise UsageError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
+    if backend not in MEASURED_BACKENDS:
+        raise UsageError(f"cannot measure backend {backend!r}; accepted: {', '.join(MEASURED_BACKENDS)}")
+    if backend == "onnxruntime" and device != "cpu":
+        raise UsageError(f"the onnxruntime engine runs on the cpu, not on {device}")
     results = []
     started = time.perf_counter()
     for index, config in enumerate(configs):
-        timed = _build(config, device, seed)
+        timed = _build(config, device, seed, backend)
         with torch.no_grad():
             start = time.perf_counter()
             for _ in range(warmup):
-                timed.engine(timed.images)
+                timed.run()
             rounds = repeats
             if rounds is None:
                 share = (budget_s - (time.perf_counter() - started)) / (len(configs) - index)
-                round_s = 2 * (time.perf_counter() - start) / warmup  # a hooked and a plain run per round
+                round_s = 2 * (time.perf_counter() - start) / warmup  # a timed-by-part and a plain run per round
                 rounds = int(min(max_repeats, max(5, share / max(round_s, 1e-9))))
-            model_ms, parts = [], []
+            model_ms = []
             for _ in range(rounds):
-                parts.append(_hooked_run(timed, device))
-                model_ms.append(time_call_ms(functools.partial(timed.engine, timed.images), device))
-        results.append(_summarise(timed, model_ms, parts, rounds))
+                timed.parts.run()
+                model_ms.append(time_call_ms(timed.run, device))
+        parts, nodes = timed.parts.finish(model_ms)
+        results.append(_summarise(timed, model_ms, parts, rounds, backend, nodes))
         del timed  # free this configuration's model before the next one is built
         if progress is not None:
             progress(index + 1, len(configs))
     return results
 
 
-def _build(config: EngineConfig, device: str, seed: int) -> _Timed:
+def _build(config: EngineConfig, device: str, seed: int, backend: str) -> _Timed:
     """The configuration's model with its gates at the density, its engine, images and block work."""
     spec = config.spec
     torch.manual_seed(seed)  # the same weights, hence the same masks, on every run
@@ -173,7 +343,12 @@ def _build(config: EngineConfig, device: str, seed: int) -> _Timed:
     shape = model_shape(model, config.input_size)
     timed_images = images[: config.batch].contiguous()
     works = _block_work(model, shape, timed_images)
-    return _Timed(config, convert(model, backend="torch"), timed_images, shape, works)
+    if backend == "onnxruntime":
+        ort = _OrtParts(model, timed_images, shape, torch.get_num_threads())
+        return _Timed(config, ort.call, ort, shape, works)
+    engine = convert(model, backend="torch")
+    return _Timed(config, functools.partial(engine, timed_images), _TorchParts(engine, timed_images, device), shape,
+                  works)
 
 
 def _block_work(model: torch.nn.Module, shape: ModelShape, images: torch.Tensor) -> list[BlockWork]:
@@ -194,38 +369,16 @@ def _block_work(model: torch.nn.Module, shape: ModelShape, images: torch.Tensor)
     return [works[b.name] for b in shape.blocks]
 
 
-def _hooked_run(t: _Timed, device: str) -> list[float]:
-    """One forward pass with a time mark at the start and end of every block: stem, blocks, head (ms)."""
-    cuda = torch.device(device).type == "cuda"
-    marks: list[float] = []
-
-    def mark(*_):
-        if cuda:
-            torch.cuda.synchronize()
-        marks.append(time.perf_counter())
-
-    handles = []
-    for block in t.engine.blocks:
-        handles += [block.register_forward_pre_hook(mark), block.register_forward_hook(mark)]
-    try:
-        mark()
-        t.engine(t.images)
-        mark()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [(b - a) * 1e3 for a, b in zip(marks[:-1], marks[1:])]
-
-
-def _summarise(t: _Timed, model_ms: list[float], runs: list[list[float]], repeats: int) -> EngineMeasurement:
-    parts = [fastest(values) for values in zip(*runs)]
-    # parts: stem, block 0, gap, block 1, gap, ..., block n-1, head
+def _summarise(t: _Timed, model_ms: list[float], rounds: list[list[float]], repeats: int, backend: str,
+               nodes: tuple[NodeTime, ...]) -> EngineMeasurement:
+    parts = [fastest(values) for values in zip(*rounds)]  # stem, block 0, ..., block n-1, head
     blocks = tuple(
-        BlockMeasurement(b.name, b.stage, parts[1 + 2 * i], work, density_of(b, work))
+        BlockMeasurement(b.name, b.stage, parts[1 + i], work, density_of(b, work))
         for i, (b, work) in enumerate(zip(t.shape.blocks, t.works))
     )
     log.debug("%s: %.3f ms", t.config.describe(), fastest(model_ms))
-    return EngineMeasurement(t.config, fastest(model_ms), parts[0], parts[-1], blocks, t.shape, repeats)
+    return EngineMeasurement(t.config, fastest(model_ms), parts[0], parts[-1], blocks, t.shape, repeats, backend,
+                             nodes)
 
 
 # A short fixed workload timed by calibration and again by every measurement against a profile:
@@ -248,9 +401,14 @@ def fastest_of(passes: Sequence[EngineMeasurement]) -> EngineMeasurement:
     blocks = tuple(
         replace(block, ms=fastest([m.blocks[i].ms for m in passes])) for i, block in enumerate(first.blocks)
     )
+    nodes: dict[str, NodeTime] = {}
+    for node in (n for m in passes for n in m.nodes):
+        if node.name not in nodes or node.seconds < nodes[node.name].seconds:
+            nodes[node.name] = node
     return replace(
         first, model_ms=fastest([m.model_ms for m in passes]), stem_ms=fastest([m.stem_ms for m in passes]),
         head_ms=fastest([m.head_ms for m in passes]), blocks=blocks, repeats=sum(m.repeats for m in passes),
+        nodes=tuple(nodes.values()),
     )
 
 

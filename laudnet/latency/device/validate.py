@@ -105,6 +105,7 @@ class ValidationReport:
     hardware: str
     device: str
     threads: int
+    backend: str
     repeats: int
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
@@ -135,8 +136,8 @@ def validate(
 ) -> ValidationReport:
     """Measure ``configs`` with the engine and compare with ``hardware``'s predictions.
 
-    ``hardware`` must be a calibrated profile; it is measured with the profile's device and
-    thread count, in :data:`PASSES` passes of ``repeats`` rounds each, or of as many as fit
+    ``hardware`` must be a calibrated profile; it is measured with the profile's device, thread
+    count and engine backend, in :data:`PASSES` passes of ``repeats`` rounds each, or of as many as fit
     ``budget_s`` in all. ``progress(done, total)`` counts configurations measured.
     """
     hw = get_hardware(hardware)
@@ -155,7 +156,8 @@ def validate(
             done = index * len(configs)
             passes.append(measure_engines(
                 configs, repeats=repeats, budget_s=None if repeats else budget_s / PASSES, device=hw.engine.device,
-                seed=seed, progress=None if progress is None else lambda i, n, done=done: progress(done + i, PASSES * n),
+                backend=hw.engine.backend, seed=seed,
+                progress=None if progress is None else lambda i, n, done=done: progress(done + i, PASSES * n),
             ))
         reference = min(reference, reference_ms(hw.engine.device))
     measurements = [fastest_of(same) for same in zip(*passes)]
@@ -174,6 +176,7 @@ def validate(
         hardware=hw.name,
         device=hw.engine.device,
         threads=hw.engine.threads,
+        backend=hw.engine.backend,
         repeats=min(m.repeats for m in measurements),
         load_before=session.load_before,
         load_after=session.load_after,
@@ -254,7 +257,8 @@ def scatter_png(report: ValidationReport) -> bytes:
         axes.set_title(title, fontsize=10)
         axes.grid(alpha=0.3, which="both")
     left.legend(fontsize=8)
-    figure.suptitle(f"{report.hardware}: {report.device}, {report.threads} threads, held-out configurations")
+    figure.suptitle(f"{report.hardware}: {report.device}, {report.backend} engine, {report.threads} threads, "
+                    "held-out configurations")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
