@@ -200,6 +200,38 @@ def test_blocked_values_cross_the_if_boundaries():
     assert len(branch.node[-1].input) == 4  # conv3 takes the shortcut as its fused sum
 
 
+@pytest.mark.parametrize("mode", ["static", "layer"])
+def test_residual_sums_after_an_se_are_fused(mode):
+    """After RegNetY's SE (its channel scaling runs unblocked), ONNX Runtime adds the residual as a
+    flattened ``Add`` and a separate ``Relu``; the engine's session fuses both into conv3, and
+    returns the model's logits."""
+    model = _model("laud_regnet_y_400mf", mode)
+    graph = export_module.lower(SparseModel(model), SIZE, None, portable=False)
+    if mode == "static":  # ONNX Runtime alone
+        assert _unfused_after_conv(blocked.optimised(graph).graph) > 0
+    rewritten = blocked.keep_blocked(graph)
+    assert _unfused_after_conv(rewritten.graph) == 0
+    images = torch.randn(2, 3, *SIZE)
+    outputs = export_module.ort_session(rewritten, layout=False).run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        assert _relative(outputs, model(images)) <= 1e-4
+
+
+def _unfused_after_conv(graph: onnx.GraphProto) -> int:
+    """``Add`` and ``Relu`` nodes (in the graph and its branches) that read a convolution's output,
+    directly or through a ``Reshape``."""
+    made = {out: node for node in graph.node for out in node.output}
+
+    def source(name: str) -> str:
+        node = made.get(name)
+        return source(node.input[0]) if node is not None and node.op_type == "Reshape" else name
+
+    convs = {out for node in graph.node if node.op_type == "Conv" for out in node.output}
+    count = sum(node.op_type in ("Add", "Relu") and any(source(i) in convs for i in node.input) for node in graph.node)
+    return count + sum(_unfused_after_conv(a.g) for node in graph.node for a in node.attribute
+                       if a.type == onnx.AttributeProto.GRAPH)
+
+
 def test_rows_meet_blocked_convolutions_through_one_reorder():
     """Between NHWC rows and a blocked convolution (a stage's first gathered block, a block whose
     positions are all on), ONNX Runtime alone transposes and then reorders; the engine's session

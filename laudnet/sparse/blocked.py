@@ -43,6 +43,7 @@ def keep_blocked(model: onnx.ModelProto, threads: int | None = None) -> onnx.Mod
     result = optimised(model, threads)
     _unique_names(result.graph, set(), itertools.count())
     _Rewriter().graph(result.graph, _Scope())
+    _unflatten_sums(result.graph)
     _drop_unused(result.graph)
     _fuse_post_operations(result.graph)
     return result
@@ -288,6 +289,36 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
             return
         del graph.node[:]
         graph.node.extend(kept)
+
+
+def _unflatten_sums(graph: onnx.GraphProto) -> None:
+    """A residual ``Add`` of two blocked values that ONNX Runtime flattened first (both through one
+    ``Reshape`` shape) and unflattened after adds them as they are, so that the convolution before it
+    can take the sum as its fused post-operation (ONNX Runtime does this after an SE's unblocked
+    scaling). The operands of a residual sum have one shape, which the unflattening restores."""
+    for sub in _subgraphs(graph):
+        _unflatten_sums(sub)
+    uses = _uses(graph)
+    producer = {n.output[0]: n for n in graph.node if n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    dropped = set()
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type != "Add" or uses[node.output[0]] != 1:
+            continue
+        flattened = [producer.get(name) for name in node.input]
+        after = readers.get(node.output[0], [None])[0]
+        if not all(f is not None and f.op_type == "Reshape" and uses[f.output[0]] == 1 for f in flattened) \
+                or flattened[0].input[1] != flattened[1].input[1] or after is None or after.op_type != "Reshape":
+            continue
+        node.input[:] = [f.input[0] for f in flattened]
+        node.output[0] = after.output[0]
+        dropped.add(id(after))
+    kept = [n for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _fuse_post_operations(graph: onnx.GraphProto) -> None:

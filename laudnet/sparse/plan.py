@@ -162,11 +162,11 @@ def _onnxruntime_ops(ops: tuple[EngineOp, ...], gathering: bool, rows: bool) -> 
     bias and transposes back to rows in passes of their own."""
     kept: list[EngineOp] = []
     scaled = 0  # the size of the activation the SE pools, hence scales
-    for op in ops:
+    for previous, op in zip((None,) + ops[:-1], ops):
         if op.kind == "reduce" and op.role == "se":
             scaled = op.dims[0]
         if op.kind == "elementwise":
-            fused = bool(kept) and kept[-1].kind in PRODUCT_KINDS
+            fused = previous is not None and previous.kind in PRODUCT_KINDS
             if fused or (not gathering and op.role not in UNFUSED_ROLES):
                 continue
             if not gathering and op.role == "se" and op.dims[0] == scaled:
