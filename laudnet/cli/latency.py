@@ -13,7 +13,7 @@ from ..latency.design.plot import PLOT_MODES, curves_png, latency_curves
 from ..latency.design.search import GranularityResult
 from ..latency.design.suggest import measure_suggestion, suggest, write_config
 from ..latency.device.calibrate import calibrate
-from ..latency.device.measure import MEASURED_BACKENDS
+from ..latency.costs import BACKENDS
 from ..latency.device.validate import validate, write_report
 from ..reporting import dumps, format_table, to_jsonable
 from .common import ProgressBars, add_spec_arguments, load_warning, parse_duration, positive_int
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device to calibrate (default cpu)")
     p.add_argument("-o", "--output", default="my-device.yaml", help="profile to write (default my-device.yaml)")
     p.add_argument("--budget", default="5m", help="time for the measurements, e.g. 300, 90s, 5m (default 5m)")
-    p.add_argument("--backend", default=None, choices=MEASURED_BACKENDS,
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="engine to price (default: onnxruntime on the cpu, torch on cuda: what convert runs)")
     p.add_argument("--threads", type=positive_int, default=None, help="threads (default: all cores); recorded")
     p.add_argument("--name", default=None, help="name of the profile (default: the processor's)")

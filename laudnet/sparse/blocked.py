@@ -8,8 +8,9 @@ engine's graph, then rewrites the optimised graph so that blocked values cross t
 they are: a reorder back to NCHW that only feeds a reorder to blocked is dropped, residual sums,
 ReLUs, copies, batch gathers and scatters run on the blocked values, the masker's mean runs as a
 blocked global pooling, a transpose between NHWC rows and a blocked convolution becomes one reorder
-from or to NHWC, and a branch's last convolution takes the residual sum and ReLU as its fused
-post-operations again. Every rewrite computes the same values on the engine's graphs (whose
+from or to NHWC, a residual sum ONNX Runtime flattened (after an SE) adds the blocked values as they
+are, and a block's last convolution takes the residual sum and ReLU as its fused post-operations
+again. Every rewrite computes the same values on the engine's graphs (whose
 residual sums add operands of one shape and whose batch scatters write whole samples); a pattern
 it does not know keeps its NCHW reorders (correct, only slower).
 
@@ -300,16 +301,13 @@ def _unflatten_sums(graph: onnx.GraphProto) -> None:
         _unflatten_sums(sub)
     uses = _uses(graph)
     producer = {n.output[0]: n for n in graph.node if n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    reader = {name: node for node in graph.node for name in node.input}  # the only one where read once
     dropped = set()
     for node in graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type != "Add" or uses[node.output[0]] != 1:
             continue
         flattened = [producer.get(name) for name in node.input]
-        after = readers.get(node.output[0], [None])[0]
+        after = reader.get(node.output[0])
         if not all(f is not None and f.op_type == "Reshape" and uses[f.output[0]] == 1 for f in flattened) \
                 or flattened[0].input[1] != flattened[1].input[1] or after is None or after.op_type != "Reshape":
             continue

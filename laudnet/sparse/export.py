@@ -69,11 +69,31 @@ def executed_nodes(graph: onnx.ModelProto, images: torch.Tensor) -> list[dict]:
     them: ``name``, ``op_name``, input and output shapes."""
     session = ort_session(graph, threads=1, profile=True, layout=False)
     session.run([OUTPUT], {INPUT: images.detach().cpu().float().contiguous().numpy()})
+    return [e["args"] | {"name": e["name"]} for e in profile_events(session) if e.get("cat") == "Node"]
+
+
+def profile_events(session) -> list[dict]:
+    """The events of a profiling ``session`` (:func:`ort_session` with ``profile``), in time order,
+    after ending its profile (the file is removed): every ``model_run``, and every node's kernel with
+    its ``name`` (the node's) and ``args`` (``op_name``, input and output shapes)."""
     with open(session.end_profiling()) as handle:
         events = json.load(handle)
     os.unlink(handle.name)
-    return [e["args"] | {"name": e["name"].removesuffix("_kernel_time")} for e in events
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    kept = []
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith(KERNEL_SUFFIX):
+            kept.append(event | {"name": event["name"].removesuffix(KERNEL_SUFFIX)})
+        elif event.get("cat") == "Session" and event["name"] == "model_run":
+            kept.append(event)
+    return sorted(kept, key=lambda e: e["ts"])
+
+
+KERNEL_SUFFIX = "_kernel_time"  # ONNX Runtime's profile names a node's kernel event after the node
+
+
+def profiled_shapes(args: dict, key: str) -> list[tuple[int, ...]]:
+    """The shapes a profile event records (``key``: ``input_type_shape`` or ``output_type_shape``)."""
+    return [tuple(int(v) for v in next(iter(entry.values()))) for entry in args.get(key, [])]
 
 
 def executed_macs(graph: onnx.ModelProto, images: torch.Tensor) -> int:
@@ -84,8 +104,7 @@ def executed_macs(graph: onnx.ModelProto, images: torch.Tensor) -> int:
 
 def _node_macs(args: dict) -> int:
     op = args["op_name"]
-    shapes = [next(iter(s.values())) for s in args.get("input_type_shape", [])]
-    outputs = [next(iter(s.values())) for s in args.get("output_type_shape", [])]
+    shapes, outputs = profiled_shapes(args, "input_type_shape"), profiled_shapes(args, "output_type_shape")
     if op in ("Conv", "FusedConv"):
         weight = shapes[1]
         return math.prod(outputs[0]) * math.prod(weight[1:])

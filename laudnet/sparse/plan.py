@@ -117,12 +117,9 @@ def _cells_touched(in_size: int, out_size: int, stride: int, granularity: int) -
 
 def block_ops(block: BlockShape, spec: StageSpec, work: BlockWork, backend: str = "torch") -> tuple[EngineOp, ...]:
     """The operations the engine of ``backend`` runs for ``block``, run as ``spec`` says, doing ``work``."""
-    ops = _block_ops(replace(block, spec=spec), work)
-    if backend == "torch":
-        return ops
-    if backend != "onnxruntime":
+    if backend not in ("torch", "onnxruntime"):
         raise ValueError(f"no plan for backend {backend!r}")
-    return _onnxruntime_ops(ops, gathers(block, spec, work, backend), on_rows(spec, block.groups, block.spatial_grid))
+    return _block_ops(replace(block, spec=spec), work, backend)
 
 
 def on_rows(spec: StageSpec, groups: int, grid: tuple[int, int]) -> bool:
@@ -205,7 +202,11 @@ UNFUSED_ROLES: tuple[str, ...] = ("masker", "se")
 
 
 @lru_cache(maxsize=1 << 14)
-def _block_ops(block: BlockShape, work: BlockWork) -> tuple[EngineOp, ...]:
+def _block_ops(block: BlockShape, work: BlockWork, backend: str) -> tuple[EngineOp, ...]:
+    if backend == "onnxruntime":
+        spec = block.spec
+        return _onnxruntime_ops(_block_ops(block, work, "torch"), gathers(block, spec, work, backend),
+                                on_rows(spec, block.groups, block.spatial_grid))
     program = BottleneckProgram(block, weight_shapes(block))
     ops: list[EngineOp] = []
     for scenario, weight in _scenarios(block, work):

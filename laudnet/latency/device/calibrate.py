@@ -19,9 +19,9 @@ thread count:
    (Python for torch, the session and small index nodes for ONNX Runtime), and caches as a real
    forward pass leaves them.
 
-Both backends are priced with the same plan (:mod:`laudnet.sparse.plan`): the ONNX Runtime graph
-runs the same products, gathers and scatters on the same rows (:mod:`laudnet.sparse.lowering`),
-with a few more small nodes per block (index arithmetic, ``If``) that the block cost absorbs.
+Both backends are priced from one plan (:func:`laudnet.sparse.plan.block_ops`): the torch program's
+operations, for ONNX Runtime as its graph (:mod:`laudnet.sparse.lowering`) runs them; the small
+index nodes of its blocks are priced in the block costs.
 
 Then it fits, in two steps: the analytic hardware model's parameters (clock, DRAM bandwidth, L2
 ratio, launch time; the PEs are the threads) to the operator timings, by least squares on the log
@@ -57,12 +57,10 @@ from ...sparse.kernels import TorchKernels
 from ...sparse.kernels import conv_kind
 from ...sparse.plan import CONV_KINDS, EngineOp, block_calls, block_ops, expected_work, head_ops, stem_ops
 from ..calibrated import pricing
-from ..costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
+from ..costs import BACKENDS, FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
 from ..hardware import Hardware
 from ...timing import fastest, time_call_ms
-from .measure import (
-    MEASURED_BACKENDS, EngineConfig, EngineMeasurement, NodeTime, measure_engines, measuring, reference_ms,
-)
+from .measure import EngineConfig, EngineMeasurement, NodeTime, measure_engines, measuring, reference_ms
 
 log = logging.getLogger(__name__)
 
@@ -457,8 +455,8 @@ def calibrate(
     if budget_s <= 0:
         raise UsageError(f"budget must be positive, got {budget_s} s")
     backend = backend or default_backend(device)
-    if backend not in MEASURED_BACKENDS:
-        raise UsageError(f"cannot calibrate backend {backend!r}; accepted: {', '.join(MEASURED_BACKENDS)}")
+    if backend not in BACKENDS:
+        raise UsageError(f"cannot calibrate backend {backend!r}; accepted: {', '.join(BACKENDS)}")
     if backend == "onnxruntime" and device != "cpu":
         raise UsageError(f"the onnxruntime engine runs on the cpu: calibrate {device} with --backend torch")
     threads = threads or torch.get_num_threads()

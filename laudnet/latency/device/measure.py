@@ -19,7 +19,6 @@ another.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -35,8 +34,10 @@ from ...errors import UsageError
 from ...models.registry import create_model
 from ...models.structure import ModelShape, model_shape, parse_input_size
 from ...sparse import set_gate_density, convert
+from ...sparse.export import INPUT, _batch_of, engine_graph, ort_session, profile_events, profiled_shapes
 from ...sparse.plan import BlockWork, work_of_masks
 from ...timing import fastest, time_call_ms
+from ..costs import BACKENDS
 from ..interface import BlockDensity
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,6 @@ class _OrtParts:
     """
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, shape: ModelShape, threads: int) -> None:
-        from ...sparse.export import INPUT, _batch_of, engine_graph, ort_session
-
         graph = engine_graph(model, tuple(images.shape[2:]), threads)
         self.plain = ort_session(graph, threads, layout=False)
         self.session = ort_session(graph, threads, profile=True, layout=False)
@@ -189,8 +188,10 @@ class _OrtParts:
         array = images.numpy()
         self.feeds = [{INPUT: array}] if batch is None else [{INPUT: array[i:i + 1]} for i in range(len(array))]
         self.names = [b.name for b in shape.blocks]
-        self.constants = _constant_values(graph)
-        self.inputs = {node.name: (node.input[0] if node.input else "") for node in _all_nodes(graph.graph)}
+        graphs = list(_graphs(graph.graph))
+        self.constants = {t.name for g in graphs for t in g.initializer} | {
+            out for g in graphs for n in g.node if n.op_type == "Constant" for out in n.output}
+        self.inputs = {n.name: (n.input[0] if n.input else "") for g in graphs for n in g.node}
 
     def call(self) -> None:
         for feed in self.feeds:
@@ -201,23 +202,19 @@ class _OrtParts:
             self.session.run(None, feed)
 
     def finish(self, model_ms: Sequence[float]) -> tuple[list[list[float]], tuple[NodeTime, ...]]:
-        with open(self.session.end_profiling()) as handle:
-            events = json.load(handle)
-        os.unlink(handle.name)
-        runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
-        nodes = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
-                       key=lambda e: e["ts"])
+        events = profile_events(self.session)
+        runs = [e for e in events if e.get("cat") == "Session"]
+        nodes = [e for e in events if e.get("cat") == "Node"]
         per_run = [[e for e in nodes if run["ts"] <= e["ts"] <= run["ts"] + run["dur"]] for run in runs]
         split, counts = zip(*(self._split(run, mine) for run, mine in zip(runs, per_run)))
         calls = len(self.feeds)  # session calls per round: their parts add up
-
         spans = [[sum(v) for v in zip(*split[i:i + calls])] for i in range(0, len(split), calls)]
-        nodes = [sum(v) for v in zip(*counts[:calls])]
-        per_node = max(fastest([sum(r) for r in spans]) - fastest(model_ms), 0.0) / sum(nodes)
+        per_part = [sum(v) for v in zip(*counts[:calls])]  # nodes of each part in a round
+        per_node = max(fastest([sum(r) for r in spans]) - fastest(model_ms), 0.0) / sum(per_part)
         # The profiler's cost varies per node: where its average share would take most of a part
         # (a tiny block of a tiny model), the part keeps a floor of its profiled time.
-        rounds = [[max(ms - n * per_node, MIN_PROFILED_SHARE * ms) for ms, n in zip(r, nodes)] for r in spans]
-        return rounds, self._node_times([e for mine in per_run for e in mine])
+        rounds = [[max(ms - n * per_node, MIN_PROFILED_SHARE * ms) for ms, n in zip(r, per_part)] for r in spans]
+        return rounds, self._node_times(nodes)
 
     def _split(self, run: dict, nodes: list[dict]) -> tuple[list[float], list[int]]:
         """Milliseconds and nodes of the stem, every block and the head in one profiled run."""
@@ -235,44 +232,27 @@ class _OrtParts:
         return [(b - a) / 1e3 for a, b in zip(bounds[:-1], bounds[1:])], [counts[n] for n in parts]
 
     def _node_times(self, events: list[dict]) -> tuple[NodeTime, ...]:
-        fastest_us: dict[str, float] = {}
-        args: dict[str, dict] = {}
+        """Every node that ran, at its fastest round."""
+        best: dict[str, dict] = {}
         for event in events:
-            name = event["name"].removesuffix("_kernel_time")
-            if name not in fastest_us or event["dur"] < fastest_us[name]:
-                fastest_us[name], args[name] = event["dur"], event["args"]
+            if event["name"] not in best or event["dur"] < best[event["name"]]["dur"]:
+                best[event["name"]] = event
         return tuple(
-            NodeTime(name, args[name]["op_name"], us / 1e6, _shapes(args[name], "input_type_shape"),
-                     _shapes(args[name], "output_type_shape"), self.inputs.get(name, "") in self.constants)
-            for name, us in fastest_us.items()
+            NodeTime(name, e["args"]["op_name"], e["dur"] / 1e6,
+                     tuple(profiled_shapes(e["args"], "input_type_shape")),
+                     tuple(profiled_shapes(e["args"], "output_type_shape")),
+                     self.inputs.get(name, "") in self.constants)
+            for name, e in best.items()
         )
 
 
-def _shapes(args: dict, key: str) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(int(v) for v in next(iter(entry.values()))) for entry in args.get(key, []))
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of ``graph``, those of its ``If`` branches included."""
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every ``If`` branch in it, at any depth."""
+    yield graph
     for node in graph.node:
-        yield node
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attribute.g)
-
-
-def _constant_values(model: onnx.ModelProto) -> set[str]:
-    """Names of the graph's weights: initializers (of every branch) and ``Constant`` outputs."""
-    names = {t.name for t in model.graph.initializer}
-    stack = [model.graph]
-    while stack:
-        graph = stack.pop()
-        names.update(t.name for t in graph.initializer)
-        for node in graph.node:
-            if node.op_type == "Constant":
-                names.update(node.output)
-            stack.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
-    return names
+                yield from _graphs(attribute.g)
 
 
 @dataclass
@@ -284,9 +264,6 @@ class _Timed:
     parts: _TorchParts | _OrtParts
     shape: ModelShape
     works: list[BlockWork]
-
-
-MEASURED_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 
 
 def measure_engines(
@@ -301,8 +278,8 @@ def measure_engines(
         raise ValueError("give either repeats or budget_s")
     if (repeats is not None and repeats < 1) or warmup < 1:
         raise UsageError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
-    if backend not in MEASURED_BACKENDS:
-        raise UsageError(f"cannot measure backend {backend!r}; accepted: {', '.join(MEASURED_BACKENDS)}")
+    if backend not in BACKENDS:
+        raise UsageError(f"cannot measure backend {backend!r}; accepted: {', '.join(BACKENDS)}")
     if backend == "onnxruntime" and device != "cpu":
         raise UsageError(f"the onnxruntime engine runs on the cpu, not on {device}")
     results = []
