@@ -176,6 +176,36 @@ def test_the_onnxruntime_engine_skips_layers_sample_by_sample(name, density):
         assert _relative(convert(model, backend="onnxruntime")(images).numpy(), want) <= 1e-4
 
 
+def test_layer_models_with_large_activations_run_one_image_at_a_time():
+    """Layer gates over large activations: the engine's graph takes one image at a time (where the
+    batch graph would gather and scatter the images a block runs for); small models keep the batch
+    graph, and so do models without layer gates (channel masks take one image in any case)."""
+    from laudnet.models.registry import create_meta_model
+
+    def one_at_a_time(name: str, hw: tuple[int, int], **kwargs) -> bool:
+        return export_module.one_image_at_a_time(create_meta_model(name, **kwargs), hw)
+
+    assert one_at_a_time("laud_resnet50", (224, 224), mode="layer")
+    assert one_at_a_time("laud_regnet_y_800mf", (800, 1216), mode="layer")
+    assert not one_at_a_time("laud_regnet_y_800mf", (224, 224), mode="layer")
+    assert not one_at_a_time("laud_resnet50", (224, 224), mode="spatial", spatial_granularity="4-4-2-1")
+    assert not one_at_a_time("laud_resnet50", (800, 1216), mode="static")
+
+
+@pytest.mark.parametrize("threshold, batch", [(0, 1), (10**9, None)])
+def test_the_engine_runs_a_batch_of_layer_gated_images_either_way(monkeypatch, threshold, batch):
+    """One image at a time or the batch graph, the engine returns the masked model's logits on a
+    batch whose blocks run for some images only."""
+    monkeypatch.setattr(export_module, "ONE_IMAGE_ACTIVATION", threshold)
+    model = _model("laud_resnet50", "layer", density=0.5)
+    images = torch.randn(5, 3, *SIZE, generator=torch.Generator().manual_seed(3))
+    assert _some_samples_only(model, images)
+    engine = convert(model, backend="onnxruntime")
+    with torch.no_grad():
+        assert _relative(engine(images).numpy(), model(images)) <= 1e-4
+    assert engine.session(SIZE)[1] == batch
+
+
 def _count(graph: onnx.GraphProto, ops: tuple[str, ...], branches_only: bool = False) -> int:
     """Nodes of the ``ops`` in the graph and its ``If`` branches (in the branches alone)."""
     own = 0 if branches_only else sum(node.op_type in ops for node in graph.node)
