@@ -178,16 +178,17 @@ def test_the_onnxruntime_engine_skips_layers_sample_by_sample(name, density):
 
 def test_layer_models_with_large_activations_run_one_image_at_a_time():
     """Layer gates over large activations: the engine's graph takes one image at a time (where the
-    batch graph would gather and scatter the images a block runs for); small models keep the batch
+    batch graph would gather and scatter the images a block runs for); small images keep the batch
     graph, and so do models without layer gates (channel masks take one image in any case)."""
     from laudnet.models.registry import create_meta_model
 
     def one_at_a_time(name: str, hw: tuple[int, int], **kwargs) -> bool:
         return export_module.one_image_at_a_time(create_meta_model(name, **kwargs), hw)
 
-    assert one_at_a_time("laud_resnet50", (224, 224), mode="layer")
+    assert one_at_a_time("laud_resnet50", (800, 1216), mode="layer")
+    assert one_at_a_time("laud_resnet50", (448, 448), mode="layer")
+    assert not one_at_a_time("laud_resnet50", (224, 224), mode="layer")
     assert one_at_a_time("laud_regnet_y_800mf", (800, 1216), mode="layer")
-    assert not one_at_a_time("laud_regnet_y_800mf", (224, 224), mode="layer")
     assert not one_at_a_time("laud_resnet50", (224, 224), mode="spatial", spatial_granularity="4-4-2-1")
     assert not one_at_a_time("laud_resnet50", (800, 1216), mode="static")
 

@@ -196,12 +196,12 @@ def engine_graph(model: DynamicBackbone, input_hw: tuple[int, int], threads: int
     return keep_blocked(lower(SparseModel(model), input_hw, batch, features=features, portable=False), threads)
 
 
-# Activation elements (of one image's largest block output) from which a model with per-image gates
-# runs one image at a time: ResNet-50's at 224² (256 × 56²). Measured here at gate density 0.5, two
-# threads, a batch of images one by one against the batch graph: ResNet-50 at 224², 2 images 49.5
-# against 59.6 ms, 8 images 249 against 272 ms; at 800×1216, 2 images 1196 against 1420 ms;
-# RegNetY-800MF at 224² (64 × 56²), 8 images 50.0 against 46.5 ms.
-ONE_IMAGE_ACTIVATION = 256 * 56 * 56
+# Activation elements (of one image's largest block output) from which a model with layer gates runs
+# one image at a time: ResNet-50's at 448² (256 × 112²). Measured here (two threads, one image per call
+# against the batch graph, same run): at 800×1216, 2 images at gate density 0.5 take 1196 against
+# 1420 ms, every gate on 1892 against 1880 ms; ResNet-50 at 224² (256 × 56²), 8 images at density 0.5
+# 256 against 249 ms, every gate on 394 against 320 ms (small images convolve faster as a batch).
+ONE_IMAGE_ACTIVATION = 256 * 112 * 112
 
 
 def one_image_at_a_time(model: DynamicBackbone, input_hw: tuple[int, int]) -> bool:
