@@ -37,6 +37,16 @@ DEVICES: tuple[str, ...] = ("cpu", "cuda")
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 
 
+def check_backend(backend: str, device: str, action: str) -> None:
+    """A clear error unless ``backend`` is one of :data:`BACKENDS` that runs on ``device`` (ONNX Runtime
+    runs on the CPU only); ``action`` says what was asked (``price``, ``calibrate``, ``measure``)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"cannot {action} backend {backend!r}: the backend must be one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime" and device != "cpu":
+        raise UsageError(f"cannot {action} backend onnxruntime on {device}: onnxruntime runs on the cpu "
+                         "(the torch backend runs on either)")
+
+
 def kind_features(kind: str) -> tuple[str, ...]:
     """The features that price ``kind`` (the overhead kinds have ``launch`` only)."""
     return ("launch",) if kind in OVERHEAD_KINDS else FEATURES
@@ -66,10 +76,7 @@ class EngineCosts:
             raise UsageError(f"engine device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise UsageError(f"engine threads must be a positive integer, got {self.threads!r}")
-        if self.backend not in BACKENDS:
-            raise UsageError(f"engine backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.backend == "onnxruntime" and self.device != "cpu":
-            raise UsageError(f"engine backend onnxruntime runs on the cpu, not on {self.device}")
+        check_backend(self.backend, self.device, "price")
         known = OP_KINDS + OVERHEAD_KINDS
         for kind, values in self.coefficients:
             if kind not in known:

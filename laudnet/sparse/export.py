@@ -164,7 +164,7 @@ def export_onnx(model: DynamicBackbone, path: PathLike, example_input: torch.Ten
     check_writable(path)
     example_input = example_input[:1] if batch == 1 else example_input
     graph = export_model(model, example_input, batch)
-    return write_checked(graph, model, example_input[:1] if _batch_of(graph) == 1 else example_input, path)
+    return write_checked(graph, model, example_input[:1] if fixed_batch(graph) == 1 else example_input, path)
 
 
 def write_checked(graph: onnx.ModelProto, model: nn.Module, example: torch.Tensor, path: PathLike) -> ExportCheck:
@@ -180,10 +180,18 @@ def write_checked(graph: onnx.ModelProto, model: nn.Module, example: torch.Tenso
     return check
 
 
-def _batch_of(graph: onnx.ModelProto) -> int | None:
+def fixed_batch(graph: onnx.ModelProto) -> int | None:
     """The graph's fixed batch size, or ``None`` when any batch is accepted."""
     dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
     return dim.dim_value if dim.HasField("dim_value") else None
+
+
+def image_feeds(images: np.ndarray, batch: int | None) -> list[dict[str, np.ndarray]]:
+    """The session calls that run ``images`` through a graph of :func:`fixed_batch` ``batch``: one for
+    a graph of any batch size, one per image for the engine's graphs of a fixed batch (of one)."""
+    if batch is None:
+        return [{INPUT: images}]
+    return [{INPUT: images[i:i + 1]} for i in range(images.shape[0])]
 
 
 def engine_graph(model: DynamicBackbone, input_hw: tuple[int, int], threads: int | None = None,
@@ -243,7 +251,7 @@ class OrtEngine(nn.Module):
         key = (input_hw, features)
         if key not in self._sessions:
             graph = engine_graph(self._model[0], input_hw, self.threads, features)
-            self._sessions[key] = (ort_session(graph, self.threads, layout=False), _batch_of(graph))
+            self._sessions[key] = (ort_session(graph, self.threads, layout=False), fixed_batch(graph))
         return self._sessions[key]
 
     def _run(self, x: torch.Tensor, features: bool) -> list[torch.Tensor]:
@@ -251,8 +259,7 @@ class OrtEngine(nn.Module):
             raise UsageError(f"expected a (B, 3, H, W) batch of images, got shape {tuple(x.shape)}")
         session, batch = self.session((int(x.shape[2]), int(x.shape[3])), features)
         array = x.detach().cpu().float().contiguous().numpy()
-        chunks = [array] if batch is None else [array[i:i + 1] for i in range(array.shape[0])]
-        results = [session.run(None, {INPUT: chunk}) for chunk in chunks]
+        results = [session.run(None, feed) for feed in image_feeds(array, batch)]
         return [torch.from_numpy(np.concatenate(parts)) for parts in zip(*results)]
 
     @torch.no_grad()

@@ -57,7 +57,7 @@ from ...sparse.kernels import TorchKernels
 from ...sparse.kernels import conv_kind
 from ...sparse.plan import CONV_KINDS, EngineOp, block_calls, block_ops, expected_work, head_ops, stem_ops
 from ..calibrated import pricing
-from ..costs import BACKENDS, FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, kind_features, prior_coefficients
+from ..costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, check_backend, kind_features, prior_coefficients
 from ..hardware import Hardware
 from ...timing import fastest, time_call_ms
 from .measure import EngineConfig, EngineMeasurement, NodeTime, measure_engines, measuring, reference_ms
@@ -455,10 +455,7 @@ def calibrate(
     if budget_s <= 0:
         raise UsageError(f"budget must be positive, got {budget_s} s")
     backend = backend or default_backend(device)
-    if backend not in BACKENDS:
-        raise UsageError(f"cannot calibrate backend {backend!r}; accepted: {', '.join(BACKENDS)}")
-    if backend == "onnxruntime" and device != "cpu":
-        raise UsageError(f"the onnxruntime engine runs on the cpu: calibrate {device} with --backend torch")
+    check_backend(backend, device, "calibrate")
     threads = threads or torch.get_num_threads()
     started = time.perf_counter()
 

@@ -34,10 +34,10 @@ from ...errors import UsageError
 from ...models.registry import create_model
 from ...models.structure import ModelShape, model_shape, parse_input_size
 from ...sparse import set_gate_density, convert
-from ...sparse.export import INPUT, _batch_of, engine_graph, ort_session, profile_events, profiled_shapes
+from ...sparse.export import engine_graph, fixed_batch, image_feeds, ort_session, profile_events, profiled_shapes
 from ...sparse.plan import BlockWork, work_of_masks
 from ...timing import fastest, time_call_ms
-from ..costs import BACKENDS
+from ..costs import check_backend
 from ..interface import BlockDensity
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,7 @@ class _OrtParts:
         graph = engine_graph(model, tuple(images.shape[2:]), threads)
         self.plain = ort_session(graph, threads, layout=False)
         self.session = ort_session(graph, threads, profile=True, layout=False)
-        batch = _batch_of(graph)
-        array = images.numpy()
-        self.feeds = [{INPUT: array}] if batch is None else [{INPUT: array[i:i + 1]} for i in range(len(array))]
+        self.feeds = image_feeds(images.numpy(), fixed_batch(graph))
         self.names = [b.name for b in shape.blocks]
         graphs = list(_graphs(graph.graph))
         self.constants = {t.name for g in graphs for t in g.initializer} | {
@@ -278,10 +276,7 @@ def measure_engines(
         raise ValueError("give either repeats or budget_s")
     if (repeats is not None and repeats < 1) or warmup < 1:
         raise UsageError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
-    if backend not in BACKENDS:
-        raise UsageError(f"cannot measure backend {backend!r}; accepted: {', '.join(BACKENDS)}")
-    if backend == "onnxruntime" and device != "cpu":
-        raise UsageError(f"the onnxruntime engine runs on the cpu, not on {device}")
+    check_backend(backend, device, "measure")
     results = []
     started = time.perf_counter()
     for index, config in enumerate(configs):
