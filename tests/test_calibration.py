@@ -19,6 +19,7 @@ from laudnet.latency.device.calibrate import (
 )
 from laudnet.latency.costs import EngineCosts, prior_coefficients
 from laudnet.latency.hardware import load_record
+from laudnet.latency.device import measure
 from laudnet.latency.device.measure import EngineConfig, NodeTime, measure_engines
 from laudnet.latency.design.suggest import suggest, write_config
 from laudnet.latency.device.validate import HELD_OUT, compare, held_out, validate, write_report
@@ -218,6 +219,36 @@ def test_comparison_report_from_a_measured_engine(tmp_path):
     assert 0.0 < float(np.mean(densities)) < 1.0
 
 
+def test_measurements_time_every_configuration_in_visits_spread_over_the_run(monkeypatch):
+    """Three rounds in two visits: A A B B A B, so that a slow phase of the machine does not fall on
+    one configuration alone; every round counts, and the progress counts builds, then visits."""
+    calls = []
+    monkeypatch.setattr(measure, "time_call_ms", lambda fn, device="cpu": calls.append(fn) or 1.0)
+    configs = [EngineConfig.build("laud_resnet50", 48, "layer", density=0.5),
+               EngineConfig.build("laud_regnet_y_400mf", 48, "static")]
+    steps = []
+    a, b = measure_engines(configs, repeats=3, warmup=1, visits=2, progress=lambda *step: steps.append(step))
+    assert [0 if fn is calls[0] else 1 for fn in calls] == [0, 0, 1, 1, 0, 1]
+    assert a.repeats == b.repeats == 3 and a.model_ms == b.model_ms == 1.0
+    assert steps == [(done, 6) for done in range(1, 7)]
+    with pytest.raises(ValueError, match="visits must be >= 1"):
+        measure_engines(configs, repeats=3, visits=0)
+
+
+def test_a_measurement_at_another_reference_speed_scales_every_time():
+    config = EngineConfig.build("laud_resnet50", 48, "spatial", "2", density=0.5)
+    (m,) = measure_engines([config], repeats=2, warmup=1, backend="onnxruntime", reference=True)
+    assert m.reference_ms > 0
+    slow = m.at_reference(2 * m.reference_ms)  # a device twice as slow: every time doubles
+    assert slow.reference_ms == 2 * m.reference_ms and slow.model_ms == pytest.approx(2 * m.model_ms)
+    assert [b.ms for b in slow.blocks] == pytest.approx([2 * b.ms for b in m.blocks])
+    assert slow.stem_ms == pytest.approx(2 * m.stem_ms) and slow.head_ms == pytest.approx(2 * m.head_ms)
+    assert [n.seconds for n in slow.nodes] == pytest.approx([2 * n.seconds for n in m.nodes])
+    (plain,) = measure_engines([config], repeats=1, warmup=1)
+    with pytest.raises(ValueError, match="timed no reference workload"):
+        plain.at_reference(10.0)
+
+
 def test_onnxruntime_measurement_times_every_block_of_the_engine_graph():
     config = EngineConfig.build("laud_resnet50", 64, "spatial", "2", density=0.5)
     (m,) = measure_engines([config], repeats=2, warmup=1, backend="onnxruntime")
@@ -258,7 +289,7 @@ def test_validation_report_and_plot(tmp_path, backend):
     """A whole (tiny) validation: two passes, statistics in range, JSON and PNG written."""
     hw, profile = _profile(tmp_path)
     hw = dataclasses.replace(hw, engine=dataclasses.replace(hw.engine, backend=backend))
-    save_hardware(hw, profile, {"fitted_on": [], "reference_ms": 10.0})
+    save_hardware(hw, profile, {"fitted_on": [], "reference_ms": 10.0, "reference_backend": backend})
     configs = [EngineConfig.build("laud_resnet50", 48, "layer", density=0.5),
                EngineConfig.build("laud_regnet_y_400mf", 48, "channel", channel_granularity="8", density=0.5)]
     report = validate(profile, configs, repeats=1)
@@ -267,6 +298,11 @@ def test_validation_report_and_plot(tmp_path, backend):
     assert -1.0 <= report.spearman <= 1.0 and report.repeat_median >= 0.0
     assert report.repeats == 2  # one round in each of the two passes
     assert report.speed_ratio > 0  # the reference workload, timed now, against the recorded 10 ms
+    assert 0.0 <= report.within_10_as_measured <= 1.0
+    # A profile with no reference for its backend (made before, or for another engine): compared at
+    # the fastest speed the validation saw, no ratio to a calibration.
+    save_hardware(hw, profile, {"fitted_on": [], "reference_ms": 10.0, "reference_backend": "other"})
+    assert validate(profile, configs[:1], repeats=1).speed_ratio is None
     assert report.backend == backend
     json_path, png_path = write_report(report, tmp_path / "report")
     assert json.loads(json_path.read_text())["hardware"] == "test-cpu"
@@ -323,6 +359,8 @@ def test_calibrating_the_onnxruntime_engine(tmp_path):
     hw = result.hardware
     assert hw.engine.backend == "onnxruntime" and result.record["backend"] == "onnxruntime"
     assert "onnxruntime" in result.record
+    # the speed every measurement was scaled to: the reference workload, on the engine priced
+    assert result.record["reference_ms"] > 0 and result.record["reference_backend"] == "onnxruntime"
     fitted = {k.kind for k in result.kinds if k.samples}
     assert {"conv", "matmul", "grouped_matmul", "gather", "slice", "scatter"} <= fitted
     assert len(result.block_samples) == 2 * (16 + 2)  # every block, the stem and the head of both models

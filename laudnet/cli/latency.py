@@ -265,6 +265,8 @@ def validate_command(args: argparse.Namespace) -> int:
           f"{100 * report.median_abs_error:.1f}%, error quantiles 5/25/50/75/95%: "
           + " / ".join(f"{100 * q[k]:+.1f}%" for k in ("p5", "p25", "p50", "p75", "p95")))
     print(f"Spearman rank correlation (blocks): {report.spearman:.4f}")
+    print(f"measurements at the calibration's device speed (a reference workload timed with each); as measured, "
+          f"{100 * report.within_10_as_measured:.1f}% of blocks are within ±10%")
     print(f"the device itself: two measurement passes of each block agree within ±10% for "
           f"{100 * report.repeat_within_10:.1f}% of blocks (median difference {100 * report.repeat_median:.1f}%)")
     if report.speed_ratio is not None:

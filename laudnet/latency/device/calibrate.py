@@ -17,7 +17,9 @@ thread count:
 2. **Blocks where they run**: the fitting configurations, whole models timed block by block
    (:mod:`.measure`), for what no single operator shows: the cost of a block and of a model call
    (Python for torch, the session and small index nodes for ONNX Runtime), and caches as a real
-   forward pass leaves them.
+   forward pass leaves them. A reference workload timed with every configuration puts them all at
+   the fastest speed the device showed (:meth:`~.measure.EngineMeasurement.at_reference`), which
+   the profile records and a validation measures at.
 
 Both backends are priced from one plan (:func:`laudnet.sparse.plan.block_ops`): the torch program's
 operations, for ONNX Runtime as its graph (:mod:`laudnet.sparse.lowering`) runs them; the small
@@ -60,7 +62,7 @@ from ..calibrated import pricing
 from ..costs import FEATURES, OP_KINDS, OVERHEAD_KINDS, EngineCosts, check_backend, kind_features, prior_coefficients
 from ..hardware import Hardware
 from ...timing import fastest, time_call_ms
-from .measure import EngineConfig, EngineMeasurement, NodeTime, measure_engines, measuring, reference_ms
+from .measure import EngineConfig, EngineMeasurement, NodeTime, measure_engines, measuring
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +465,6 @@ def calibrate(
         return None if progress is None else lambda done, total: progress(label, done, total)
 
     with measuring(threads) as session:
-        reference = reference_ms(device)  # again at the end: a process is often slow at first
         operator_samples: tuple[Sample, ...] = ()
         if backend == "torch":  # ONNX Runtime's operators are timed inside the block measurements
             generator = torch.Generator().manual_seed(seed)
@@ -474,8 +475,10 @@ def calibrate(
             del runners
         remaining = max(budget_s - (time.perf_counter() - started), 0.0)
         measurements = measure_engines(configs, repeats=None, budget_s=remaining, device=device, seed=seed,
-                                       progress=stage("blocks"), backend=backend)
-        reference = min(reference, reference_ms(device))
+                                       progress=stage("blocks"), backend=backend, reference=True)
+    # Every configuration at the device's fastest speed seen, which the profile then predicts.
+    reference = fastest([m.reference_ms for m in measurements])
+    measurements = [m.at_reference(reference) for m in measurements]
     operator_samples += node_samples(measurements)
     block_samples = tuple(s for m in measurements for s in measurement_samples(m))
     base = initial_hardware(device, threads)
@@ -497,6 +500,7 @@ def calibrate(
         "elapsed_s": round(time.perf_counter() - started, 1),
         "load_before": list(session.load_before),
         "reference_ms": round(reference, 3),
+        "reference_backend": backend,
         "load_after": list(session.load_after),
         "operator_benchmarks": len(operator_samples),
         "block_measurements": len(block_samples),

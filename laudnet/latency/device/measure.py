@@ -9,11 +9,17 @@ Each round runs the model once with hooks that time its blocks, stem and head wh
 round of each is kept (:func:`laudnet.timing.fastest`). The work each block did (positions, channels, whether it ran) is read
 from the model's own masks on the timed images.
 
-Configurations are measured one after the other, each alone in memory, as a deployed model runs:
-interleaving several models was measured to slow each by 10-15% on a 2-core CPU (the allocator
-returns and re-faults their activations, their weights evict each other from the caches), by an
-amount that depends on which models share the run, so a profile fitted in one mix mispredicts
-another.
+Every configuration is built first, then timed in :data:`VISITS` visits spread over the whole
+measurement, a few consecutive rounds per visit, each visit after an untimed call (caches and
+buffers as a deployed model's after its previous call). A shared machine's speed drifts in phases
+of a few seconds: on the 2-core VM laudnet is developed on, one ONNX Runtime ResNet-50 engine's
+consecutive calls read 39-65 ms in runs of 5-20 calls. Timed in one stretch of a few seconds, a
+configuration may see only slow phases; in visits spread over minutes its fastest rounds come from
+the machine's fast phases like every other configuration's. Measured, two passes of five
+configurations against each other (profiled block spans): within ±10% of themselves for 55-65% of
+blocks timed in one stretch, 65-81% in 4 visits, 81-99% in 6. The phases last minutes too; a
+reference workload timed after every visit tells how fast the machine was
+(:meth:`EngineMeasurement.at_reference`).
 """
 
 from __future__ import annotations
@@ -130,6 +136,19 @@ class EngineMeasurement:
     repeats: int
     backend: str = "torch"
     nodes: tuple[NodeTime, ...] = ()
+    reference_ms: float | None = None
+
+    def at_reference(self, reference_ms: float) -> "EngineMeasurement":
+        """Every time as if the device had run at the speed at which :data:`REFERENCE` takes
+        ``reference_ms``: scaled by ``reference_ms / self.reference_ms`` (see :func:`measure_engines`)."""
+        if self.reference_ms is None:
+            raise ValueError("this measurement timed no reference workload (measure_engines(reference=True))")
+        scale = reference_ms / self.reference_ms
+        return replace(
+            self, model_ms=self.model_ms * scale, stem_ms=self.stem_ms * scale, head_ms=self.head_ms * scale,
+            blocks=tuple(replace(b, ms=b.ms * scale) for b in self.blocks),
+            nodes=tuple(replace(n, seconds=n.seconds * scale) for n in self.nodes), reference_ms=reference_ms,
+        )
 
 
 class _TorchParts:
@@ -176,8 +195,11 @@ class _OrtParts:
     A run is split at the first node of each block (nodes are named after their block): the stem
     is everything before block 0 (with the session call itself), a block runs until the next one
     starts, the head from its first node to the end of the run. Profiling costs time per node (about
-    10 µs here): the difference between a profiled and a plain run, shared out per node, is taken
-    off every span, so that the spans add up to the plain run. ``call`` runs the plain session.
+    10-18 µs here, depending on the model): the difference between the fastest profiled and plain
+    runs, shared out per node, is taken off every span, so that the spans add up to the plain run.
+    (Tried: the median difference of a round's profiled and plain runs, which agreed better with
+    itself between passes but takes off a slow phase's profiler cost from the fastest spans: the
+    calibration's block fit went from 10-12% to 19% median error.) ``call`` runs the plain session.
     """
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, shape: ModelShape, threads: int) -> None:
@@ -264,41 +286,70 @@ class _Timed:
     works: list[BlockWork]
 
 
+VISITS = 6  # visits per configuration in one measurement (see the module docstring)
+
+
 def measure_engines(
     configs: Sequence[EngineConfig], *, repeats: int | None = 20, budget_s: float | None = None, warmup: int = 2,
     device: str = "cpu", seed: int = 0, progress: Callable[[int, int], None] | None = None,
-    max_repeats: int = 51, backend: str = "torch",
+    max_repeats: int = 51, backend: str = "torch", visits: int = VISITS, reference: bool = False,
 ) -> list[EngineMeasurement]:
-    """Time every configuration with the engine of ``backend``, one after the other: ``repeats``
-    rounds each, or as many as fit an equal share of ``budget_s`` (between 5 and ``max_repeats``).
-    ``progress(done, total)`` counts the configurations measured."""
+    """Time every configuration with the engine of ``backend``: ``repeats`` rounds each, or as many as
+    fit an equal share of ``budget_s`` (between 5 and ``max_repeats``), in up to ``visits`` visits
+    spread over the measurement. ``progress(done, total)`` counts configurations built, then visits.
+
+    ``reference``: also time :data:`REFERENCE` (:data:`REFERENCE_CALLS` calls) after every visit;
+    each measurement records the fastest (``reference_ms``), so that
+    :meth:`EngineMeasurement.at_reference` can express it at one speed of the device. A shared
+    machine drifts for minutes too: two passes of six configurations, a minute each, read whole
+    models 16-34% apart, within ±8% at the reference's speed.
+    """
     if (repeats is None) == (budget_s is None):
         raise ValueError("give either repeats or budget_s")
-    if (repeats is not None and repeats < 1) or warmup < 1:
-        raise UsageError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
+    if (repeats is not None and repeats < 1) or warmup < 1 or visits < 1:
+        raise UsageError(f"repeats, warmup and visits must be >= 1, got {repeats}, {warmup} and {visits}")
     check_backend(backend, device, "measure")
-    results = []
     started = time.perf_counter()
+    steps = len(configs) * (1 + visits)
+    timed = []
+    baseline = _build(REFERENCE, device, seed, backend) if reference else None
     for index, config in enumerate(configs):
-        timed = _build(config, device, seed, backend)
-        with torch.no_grad():
+        timed.append(_build(config, device, seed, backend))
+        if progress is not None:
+            progress(index + 1, steps)
+    with torch.no_grad():
+        round_s = []
+        for t in timed:
             start = time.perf_counter()
             for _ in range(warmup):
-                timed.run()
-            rounds = repeats
-            if rounds is None:
-                share = (budget_s - (time.perf_counter() - started)) / (len(configs) - index)
-                round_s = 2 * (time.perf_counter() - start) / warmup  # a timed-by-part and a plain run per round
-                rounds = int(min(max_repeats, max(5, share / max(round_s, 1e-9))))
-            model_ms = []
-            for _ in range(rounds):
-                timed.parts.run()
-                model_ms.append(time_call_ms(timed.run, device))
-        parts, nodes = timed.parts.finish(model_ms)
-        results.append(_summarise(timed, model_ms, parts, rounds, backend, nodes))
-        del timed  # free this configuration's model before the next one is built
-        if progress is not None:
-            progress(index + 1, len(configs))
+                t.run()
+            round_s.append(2 * (time.perf_counter() - start) / warmup)  # a timed-by-part and a plain run
+        if repeats is None:
+            share = (budget_s - (time.perf_counter() - started)) / len(configs)
+            # a visit's untimed call costs half a round
+            rounds = [int(min(max_repeats, max(5, share / max(r, 1e-9) - visits / 2))) for r in round_s]
+        else:
+            rounds = [repeats] * len(configs)
+        model_ms: list[list[float]] = [[] for _ in configs]
+        references: list[list[float]] = [[] for _ in configs]
+        for visit in range(visits):
+            for index, t in enumerate(timed):
+                mine = rounds[index] // visits + (visit < rounds[index] % visits)
+                if mine:
+                    t.run()
+                    for _ in range(mine):
+                        t.parts.run()
+                        model_ms[index].append(time_call_ms(t.run, device))
+                    if baseline is not None:
+                        baseline.run()
+                        references[index] += [time_call_ms(baseline.run, device) for _ in range(REFERENCE_CALLS)]
+                if progress is not None:
+                    progress(len(configs) * (1 + visit) + index + 1, steps)
+    results = []
+    for t, times, count, seen in zip(timed, model_ms, rounds, references):
+        parts, nodes = t.parts.finish(times)
+        results.append(replace(_summarise(t, times, parts, count, backend, nodes),
+                               reference_ms=fastest(seen) if seen else None))
     return results
 
 
@@ -353,16 +404,11 @@ def _summarise(t: _Timed, model_ms: list[float], rounds: list[list[float]], repe
                              nodes)
 
 
-# A short fixed workload timed by calibration and again by every measurement against a profile:
-# if the device has changed speed since (other tenants, clocks, power), the comparison says so.
+# A short fixed workload timed with every configuration (``measure_engines(reference=True)``): the
+# device's speed at the time, so that configurations timed at different moments, and a validation
+# and the calibration it checks, compare at one speed (other tenants, clocks and power change it).
 REFERENCE = EngineConfig.build("laud_resnet50", 112, "static")
-REFERENCE_REPEATS = 15
-
-
-def reference_ms(device: str = "cpu") -> float:
-    """Milliseconds of :data:`REFERENCE` on ``device`` now (fastest of :data:`REFERENCE_REPEATS`)."""
-    (measurement,) = measure_engines([REFERENCE], repeats=REFERENCE_REPEATS, device=device)
-    return measurement.model_ms
+REFERENCE_CALLS = 2  # timed calls of the reference after each visit (after an untimed one)
 
 
 def fastest_of(passes: Sequence[EngineMeasurement]) -> EngineMeasurement:

@@ -10,7 +10,10 @@ whole-model errors, and Spearman's rank correlation of predicted and measured bl
 
 Every configuration is measured in two passes, minutes apart, and the report states how well the
 device agrees with itself (``repeat_within_10``, ``repeat_median``): a prediction cannot be checked
-more finely than the device repeats its own timings.
+more finely than the device repeats its own timings. Measurements are compared at the speed the
+profile was calibrated at: a reference workload timed with every configuration scales it
+(:meth:`~.measure.EngineMeasurement.at_reference`); ``speed_ratio`` says how far the device's speed
+was from that, and ``within_10_as_measured`` what the comparison reads unscaled.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from ...reporting import dumps
 from ..hardware import Hardware, HardwareLike, get_hardware, load_record
 from ..prediction import predict
 from ..summary import RunSummary
-from .measure import EngineConfig, EngineMeasurement, fastest_of, measure_engines, measuring, reference_ms
+from ...timing import fastest
+from .measure import EngineConfig, EngineMeasurement, fastest_of, measure_engines, measuring
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,9 @@ class ValidationReport:
     ``repeat_within_10`` and ``repeat_median``: the fraction of blocks whose two measurement
     passes agree within ±10%, and their median relative difference (the device's own noise);
     ``speed_ratio``: the reference workload's time now over its time at calibration (``None``
-    when the profile has no record of it): far from 1, the device is not the one calibrated.
+    when the profile has no record of it for its backend; then the measurements are compared at the
+    fastest speed this validation saw): far from 1, the device is not the one calibrated, or runs
+    slower; ``within_10_as_measured``: ``within_10`` of the unscaled measurements.
     """
 
     hardware: str
@@ -120,6 +126,7 @@ class ValidationReport:
     repeat_within_10: float
     repeat_median: float
     speed_ratio: float | None
+    within_10_as_measured: float
 
 
 def held_out(configs: Sequence[EngineConfig], fitted_on: Sequence[str]) -> list[EngineConfig]:
@@ -138,7 +145,8 @@ def validate(
 
     ``hardware`` must be a calibrated profile; it is measured with the profile's device, thread
     count and engine backend, in :data:`PASSES` passes of ``repeats`` rounds each, or of as many as fit
-    ``budget_s`` in all. ``progress(done, total)`` counts configurations measured.
+    ``budget_s`` in all. ``progress(done, total)`` counts the steps of the measurements (configurations
+    built, visits made).
     """
     hw = get_hardware(hardware)
     if not hw.calibrated:
@@ -149,18 +157,19 @@ def validate(
     record = load_record(hardware) if not isinstance(hardware, Hardware) else {}
     fitted_on = tuple(record.get("fitted_on", ()))
     configs = held_out(configs, fitted_on)
-    passes = []
+    measured = []
     with measuring(hw.engine.threads) as session:
-        reference = reference_ms(hw.engine.device)  # again at the end: a process is often slow at first
         for index in range(PASSES):
-            done = index * len(configs)
-            passes.append(measure_engines(
+            measured.append(measure_engines(
                 configs, repeats=repeats, budget_s=None if repeats else budget_s / PASSES, device=hw.engine.device,
-                backend=hw.engine.backend, seed=seed,
-                progress=None if progress is None else lambda i, n, done=done: progress(done + i, PASSES * n),
+                backend=hw.engine.backend, seed=seed, reference=True,
+                progress=None if progress is None else lambda i, n, index=index: progress(index * n + i, PASSES * n),
             ))
-        reference = min(reference, reference_ms(hw.engine.device))
+    fastest_reference = fastest([m.reference_ms for one in measured for m in one])
+    calibrated = record.get("reference_ms") if record.get("reference_backend") == hw.engine.backend else None
+    passes = [[m.at_reference(calibrated or fastest_reference) for m in one] for one in measured]
     measurements = [fastest_of(same) for same in zip(*passes)]
+    as_measured = [b for m in map(fastest_of, zip(*measured)) for b in compare(hw, m)[0]]
     repeat = np.array([
         a.ms / b.ms - 1 for first, second in zip(passes[0], passes[1]) for a, b in zip(first.blocks, second.blocks)
     ])
@@ -190,7 +199,8 @@ def validate(
         model_errors={m.config: m.error for m in models},
         repeat_within_10=float(np.mean(np.abs(repeat) <= 0.10)),
         repeat_median=float(np.median(np.abs(repeat))),
-        speed_ratio=reference / record["reference_ms"] if record.get("reference_ms") else None,
+        speed_ratio=fastest_reference / calibrated if calibrated else None,
+        within_10_as_measured=float(np.mean([abs(b.error) <= 0.10 for b in as_measured])),
     )
 
 
