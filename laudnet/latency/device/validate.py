@@ -241,6 +241,7 @@ def scatter_png(report: ValidationReport) -> bytes:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     modes = sorted({b.mode for b in report.blocks})
@@ -260,6 +261,10 @@ def scatter_png(report: ValidationReport) -> bytes:
         axes.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.2, label="±10%")
         axes.set_xscale("log")
         axes.set_yscale("log")
+        for axis in (axes.xaxis, axes.yaxis):  # plain numbers at 1, 2, 5 per decade, no crowded minor labels
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.set_minor_formatter(NullFormatter())
         axes.set_xlim(low, high)
         axes.set_ylim(low, high)
         axes.set_xlabel("measured ms")
