@@ -446,13 +446,23 @@ class BlockLowering:
 
     def sliced(self, x: Feature, channels: ChannelSelection, shortcut: str) -> Feature:
         """Every position computes on the active channels: NCHW convolutions with the active channels'
-        weights gathered (conv1's output rows, conv2's both axes, conv3's input columns)."""
+        weights gathered as whole rows, as the torch program gathers them (conv1's output rows; conv2's
+        (output, input group) pairs in one gather; conv3's input rows of its ``(in, out)`` weight, then
+        transposed). Gathering conv3's inputs along the inner axis of an ``(out, in)`` weight instead
+        took 2.1 ms for ResNet-50's layer4.1 at 65% of its channels, its row gather and transpose
+        0.5 ms."""
         g, s, index = self.g, self.shape, channels.index
         with g.scope("conv1"):
             w1 = g.Gather(self.conv_weight("w1"), index, axis=0)
             h1 = g.Relu(g.Conv(x.value, w1, g.Gather(self.w("b1"), index, axis=0), kernel_shape=[1, 1]))
         with g.scope("conv2"):
-            w2 = g.Gather(g.Gather(g.const(_np(self.block.w2), hint="w2"), index, axis=0), index, axis=1)
+            size = self.spec.channel_granularity
+            in_groups = s.width // size
+            pairs = g.Add(g.Mul(g.Unsqueeze(index, g.ints(1)), g.scalar(in_groups)), g.Unsqueeze(channels.groups,
+                                                                                             g.ints(0)))
+            table = _np(self.block.w2).reshape(s.width * in_groups, size * 9)
+            rows = g.Gather(g.const(table, hint="w2_pairs"), g.Reshape(pairs, g.ints(-1)), axis=0)
+            w2 = g.Reshape(rows, g.Concat(channels.count, channels.count, g.ints(3, 3), axis=0))
             h2 = g.Relu(g.Conv(h1, w2, g.Gather(self.w("b2"), index, axis=0), kernel_shape=[3, 3],
                                strides=[s.stride] * 2, pads=[1, 1, 1, 1]))
         if s.se_channels:
@@ -460,7 +470,7 @@ class BlockLowering:
                 scale = self.se_scale(g.ReduceMean(h2, axes=[2, 3], keepdims=0), channels)
                 h2 = g.Mul(h2, g.Unsqueeze(scale, g.ints(2, 3)))
         with g.scope("conv3"):
-            w3 = g.Gather(self.conv_weight("w3"), index, axis=1)
+            w3 = g.Unsqueeze(g.Transpose(g.Gather(self.w("w3"), index, axis=0), perm=[1, 0]), g.ints(2, 3))
             out = g.Relu(g.Add(g.Conv(h2, w3, self.w("b3"), kernel_shape=[1, 1]), shortcut))
         return self.output(out, x)
 
