@@ -460,8 +460,8 @@ class BlockLowering:
             in_groups = s.width // size
             pairs = g.Add(g.Mul(g.Unsqueeze(index, g.ints(1)), g.scalar(in_groups)), g.Unsqueeze(channels.groups,
                                                                                              g.ints(0)))
-            table = _np(self.block.w2).reshape(s.width * in_groups, size * 9)
-            rows = g.Gather(g.const(table, hint="w2_pairs"), g.Reshape(pairs, g.ints(-1)), axis=0)
+            table = _np(self.block.w2_rows).reshape(s.width * in_groups, size * 9)  # a pair's weights: a row
+            rows = g.Gather(g.const(table, hint="w2_rows"), g.Reshape(pairs, g.ints(-1)), axis=0)
             w2 = g.Reshape(rows, g.Concat(channels.count, channels.count, g.ints(3, 3), axis=0))
             h2 = g.Relu(g.Conv(h1, w2, g.Gather(self.w("b2"), index, axis=0), kernel_shape=[3, 3],
                                strides=[s.stride] * 2, pads=[1, 1, 1, 1]))
