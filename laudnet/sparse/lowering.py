@@ -54,8 +54,10 @@ INPUT, OUTPUT = "images", "logits"
 
 @dataclass(frozen=True)
 class Feature:
-    """An activation in the graph and its static sizes: NCHW ``(B, C, H, W)``, or with ``rows`` NHWC rows
-    ``(B·H·W, C)`` (what the sparse products gather from and scatter into)."""
+    """An activation in the graph and its static sizes: NCHW ``(B, C, H, W)``, or with ``rows`` NHWC
+    ``(B, H, W, C)``, whose positions are rows of channels (:func:`flat`: what the sparse products gather
+    from and scatter into). A block hands on NHWC as its last node makes it, so that no ``If`` branch
+    ends in a reshape (ONNX Runtime copies a branch output that a reshape makes)."""
 
     value: str
     hw: tuple[int, int]
@@ -71,7 +73,12 @@ def as_rows(g: Graph, x: Feature) -> Feature:
     """``x`` as NHWC rows (a transpose where it is NCHW)."""
     if x.rows:
         return x
-    return Feature(g.Reshape(g.Transpose(x.value, perm=[0, 2, 3, 1]), g.ints(-1, x.channels)), x.hw, x.channels, True)
+    return Feature(g.Transpose(x.value, perm=[0, 2, 3, 1]), x.hw, x.channels, True)
+
+
+def flat(g: Graph, value: str, channels: int) -> str:
+    """An NHWC value as its ``(B·H·W, C)`` rows."""
+    return g.Reshape(value, g.ints(-1, channels))
 
 
 def as_nchw(g: Graph, x: Feature) -> Feature:
@@ -217,8 +224,7 @@ class BlockLowering:
         """The batch size ``(1,)`` (a constant where it is fixed)."""
         if self.batch:
             return self.g.ints(self.batch)
-        first = self.g.Gather(self.g.Shape(x.value), self.g.ints(0))
-        return self.g.Div(first, self.g.ints(x.positions)) if x.rows else first
+        return self.g.Gather(self.g.Shape(x.value), self.g.ints(0))
 
     def within(self, sub: Graph, build) -> str:
         """Build with ``sub`` (an ``If`` branch) as the current graph."""
@@ -385,12 +391,12 @@ class BlockLowering:
         with g.scope("projection"):
             if not x.rows:
                 return g.Conv(x.value, self.conv_weight("wp"), self.w("bp"), kernel_shape=[1, 1], strides=[stride] * 2)
-            rows = x.value
-            if stride > 1:  # the rows a strided 1x1 conv reads
-                image = g.Reshape(rows, g.ints(-1, x.hw[0], x.hw[1], x.channels))
-                picked = g.Slice(image, g.ints(0, 0), g.ints(x.hw[0], x.hw[1]), g.ints(1, 2), g.ints(stride, stride))
-                rows = g.Reshape(picked, g.ints(-1, x.channels))
-            return self.gemm(rows, self.w("wp"), self.w("bp"))
+            image = x.value
+            if stride > 1:  # the positions a strided 1x1 conv reads
+                image = g.Slice(image, g.ints(0, 0), g.ints(x.hw[0], x.hw[1]), g.ints(1, 2), g.ints(stride, stride))
+            out_hw = self.out_hw(x.hw)
+            projected = self.gemm(flat(g, image, x.channels), self.w("wp"), self.w("bp"))
+            return g.Reshape(projected, g.ints(-1, *out_hw, self.shape.out_channels))
 
     def skipped(self, x: Feature, shortcut: str, with_bias: bool = False, positions: str | None = None) -> Feature:
         """The branch does not run: ``relu(shortcut)`` (with conv3's bias where only the channels are off,
@@ -398,7 +404,7 @@ class BlockLowering:
         g = self.g
         if positions is not None:
             biases = g.Expand(self.w("b3"), g.Concat(g.Shape(positions), g.ints(self.shape.out_channels), axis=0))
-            return self.output(self.add_at(shortcut, positions, biases), x)
+            return self.output(self.add_at(shortcut, positions, biases, self.out_hw(x.hw)), x)
         value = shortcut
         if with_bias:
             bias = _np(self.block.b3)
@@ -497,7 +503,7 @@ class BlockLowering:
         out_hw = self.out_hw(x.hw)
         per_out = out_hw[0] * out_hw[1]
         padded_one, windows_one, per_image = _tables(x.hw, s.stride)
-        rows = x.value
+        rows = flat(g, x.value, x.channels)
         with g.scope("conv1"):
             needed = None if conv1_mask is None else g.Reshape(g.NonZero(conv1_mask), g.ints(-1))
             h1 = self.conv1_rows(rows if needed is None else g.Gather(rows, needed, axis=0), channels)
@@ -522,17 +528,18 @@ class BlockLowering:
                 h2 = g.Mul(h2, self.se_scale_at(h2, sample, self.batch_size(x), channels))
         with g.scope("conv3"):
             weight = self.w("w3") if channels is None else g.Gather(self.w("w3"), channels.index, axis=0)
-            out = self.add_at(shortcut, positions, g.Gemm(h2, weight, self.w("b3")))
+            out = self.add_at(shortcut, positions, g.Gemm(h2, weight, self.w("b3")), out_hw)
         return Feature(out, out_hw, s.out_channels, rows=True)
 
-    def add_at(self, shortcut: str, positions: str, values: str) -> str:
+    def add_at(self, shortcut: str, positions: str, values: str, out_hw: tuple[int, int]) -> str:
         """``relu(shortcut + values)`` at ``positions`` (rows), ``relu(shortcut)`` elsewhere: the branch
         added into a copy of the shortcut, then one ReLU over the map, as the torch program adds it in
         place. Measured (ONNX Runtime, 2 threads), against gathering the shortcut's rows into the
         product's sum and scattering its ReLU into the shortcut's: 15% faster for an identity
         shortcut, 28% for a projection (whose ReLU outside the positions was a pass of its own)."""
-        g = self.g
-        return g.Relu(g.ScatterND(shortcut, g.Unsqueeze(positions, g.ints(1)), values, reduction="add"))
+        g, c = self.g, self.shape.out_channels
+        added = g.ScatterND(flat(g, shortcut, c), g.Unsqueeze(positions, g.ints(1)), values, reduction="add")
+        return g.Relu(g.Reshape(added, g.ints(-1, *out_hw, c)))
 
     def slots(self, x: Feature, conv1_mask: str | None, padded_one: np.ndarray, per_image: int, count: str) -> str:
         """For every position of the zero-padded input: its row of conv1's output, else the zero row
