@@ -9,8 +9,9 @@ and channels are found with ``NonZero``, and
   the samples whose gate is on run it, gathered and scattered back);
 * **spatial**: conv1 runs on the rows conv2 reads (``Gather`` + ``Gemm``), conv2 on the selected
   3×3 windows of those rows (an im2col ``Gather`` + ``Gemm``, a batched ``MatMul`` for RegNetY's
-  grouped conv), conv3 on the active rows, whose results replace the shortcut's rows
-  (``ScatterND``); a block whose positions are all off runs only its shortcut;
+  grouped conv), conv3 on the active rows, whose results are added into the shortcut's rows
+  (``ScatterND`` with ``add``) before one ReLU over the map; a block whose positions are all off
+  runs only its shortcut;
 * **channel**: the active channels' rows of every weight are gathered (weights are stored so a
   selection is contiguous rows) and the products run on them; in the graph for ONNX Runtime alone
   (``portable=False``, the engine's), blocks without conv groups convolve NCHW with the gathered
