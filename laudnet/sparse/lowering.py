@@ -86,6 +86,8 @@ def as_nchw(g: Graph, x: Feature) -> Feature:
     """``x`` as NCHW (a transpose where it is rows)."""
     if not x.rows:
         return x
+    # A view with its sizes written out: keep_blocked reads the channels there and reorders the NHWC
+    # image straight into ONNX Runtime's blocked layout.
     image = g.Transpose(g.Reshape(x.value, g.ints(-1, x.hw[0], x.hw[1], x.channels)), perm=[0, 3, 1, 2])
     return Feature(image, x.hw, x.channels, False)
 
@@ -617,13 +619,13 @@ def _filled(g: Graph, shape: str, value: float) -> str:
     return g.ConstantOfShape(shape, value=onnx.helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [value]))
 
 
-def _adaptive_mean(g: Graph, rows: Feature, grid: tuple[int, int]) -> str:
-    """``adaptive_avg_pool2d`` of a feature in rows to ``grid`` cells, as ``(B, gh, gw, C)`` (torch's bins
+def _adaptive_mean(g: Graph, feature: Feature, grid: tuple[int, int]) -> str:
+    """``adaptive_avg_pool2d`` of an NHWC feature to ``grid`` cells, as ``(B, gh, gw, C)`` (torch's bins
     ``[floor(i·n/b), ceil((i+1)·n/b))``): per axis, a mean over a middle axis where the bins are equal,
     else differences of cumulative sums. Height first: its mean adds whole rows of the map (``W·C``
     contiguous values), 40% faster than the width's first (``C`` at a time) at detection sizes."""
-    (h, w), c = rows.hw, rows.channels
-    x = g.Reshape(rows.value, g.ints(-1, h, w, c))
+    (h, w), c = feature.hw, feature.channels
+    x = feature.value
     sizes = [h, w]
     for axis, bins in ((1, grid[0]), (2, grid[1])):  # rows first: a mean over whole rows of the map
         size = sizes[axis - 1]
