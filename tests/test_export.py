@@ -248,18 +248,35 @@ def test_residual_sums_after_an_se_are_fused(mode):
         assert _relative(outputs, model(images)) <= 1e-4
 
 
-def _unfused_after_conv(graph: onnx.GraphProto) -> int:
+def test_a_branch_adds_the_input_it_reorders_for_its_first_convolution():
+    """A channel-masked block with every channel on runs the static convolutions, blocked, but hands
+    on NCHW (its other branch convolves NCHW): ONNX Runtime alone reorders conv3's output back, then
+    adds the residual and applies the ReLU unfused; the engine's session adds the block's input as the
+    branch already reorders it for conv1, fused into conv3, and returns the masked model's logits."""
+    model = _model("laud_resnet50", "channel", density=1.0)
+    graph = export_module.lower(SparseModel(model), SIZE, None, portable=False)
+    unblocked = ("ReorderOutput",)  # the reorder back to NCHW
+    assert _unfused_after_conv(blocked.optimised(graph).graph, unblocked) > 0
+    rewritten = blocked.keep_blocked(graph)
+    assert _unfused_after_conv(rewritten.graph, unblocked) == 0
+    images = torch.randn(1, 3, *SIZE)
+    outputs = export_module.ort_session(rewritten, layout=False).run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        assert _relative(outputs, model(images)) <= 1e-4
+
+
+def _unfused_after_conv(graph: onnx.GraphProto, through: tuple[str, ...] = ("Reshape",)) -> int:
     """``Add`` and ``Relu`` nodes (in the graph and its branches) that read a convolution's output,
-    directly or through a ``Reshape``."""
+    directly or through nodes of the ``through`` ops."""
     made = {out: node for node in graph.node for out in node.output}
 
     def source(name: str) -> str:
         node = made.get(name)
-        return source(node.input[0]) if node is not None and node.op_type == "Reshape" else name
+        return source(node.input[0]) if node is not None and node.op_type in through else name
 
     convs = {out for node in graph.node if node.op_type == "Conv" for out in node.output}
     count = sum(node.op_type in ("Add", "Relu") and any(source(i) in convs for i in node.input) for node in graph.node)
-    return count + sum(_unfused_after_conv(a.g) for node in graph.node for a in node.attribute
+    return count + sum(_unfused_after_conv(a.g, through) for node in graph.node for a in node.attribute
                        if a.type == onnx.AttributeProto.GRAPH)
 
 

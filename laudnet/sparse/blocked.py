@@ -8,11 +8,12 @@ engine's graph, then rewrites the optimised graph so that blocked values cross t
 they are: a reorder back to NCHW that only feeds a reorder to blocked is dropped, residual sums,
 ReLUs, copies, batch gathers and scatters run on the blocked values, the masker's mean runs as a
 blocked global pooling, a transpose between NHWC rows and a blocked convolution becomes one reorder
-from or to NHWC, a residual sum ONNX Runtime flattened (after an SE) adds the blocked values as they
-are, and a block's last convolution takes the residual sum and ReLU as its fused post-operations
-again. Every rewrite computes the same values on the engine's graphs (whose
-residual sums add operands of one shape and whose batch scatters write whole samples); a pattern
-it does not know keeps its NCHW reorders (correct, only slower).
+from or to NHWC, a residual sum whose NCHW operand the graph also reorders to blocked (a block's
+input, for its first convolution) adds that reorder, a residual sum ONNX Runtime flattened (after an
+SE) adds the blocked values as they are, and a block's last convolution takes the residual sum and
+ReLU as its fused post-operations again. Every rewrite computes the same values on the engine's
+graphs (whose residual sums add operands of one shape and whose batch scatters write whole
+samples); a pattern it does not know keeps its NCHW reorders (correct, only slower).
 
 The result is specific to the machine it was made on (the block size is the CPU's), so it is made
 when a session is built and never written to a file.
@@ -114,18 +115,21 @@ def _reorder_input(nhwc: str, output: str) -> onnx.NodeProto:
 @dataclass
 class _Scope:
     """What a graph sees of the values made so far (its own and its enclosing graphs'): ``blocked`` maps
-    an NCHW value to its blocked twin and channel count, ``nhwc`` an NCHW transpose of an NHWC image
-    to that image and its channel count, ``rename`` a dropped reorder's output to the value it
-    repeated, ``constants`` the small integer constants."""
+    an NCHW value to its blocked twin and channel count, ``reordered`` an NCHW value of unknown
+    channel count to its reorder to blocked, ``nhwc`` an NCHW transpose of an NHWC image to that image
+    and its channel count, ``rename`` a dropped reorder's output to the value it repeated,
+    ``constants`` the small integer constants."""
 
     blocked: dict[str, tuple[str, int]] = field(default_factory=dict)
+    reordered: dict[str, str] = field(default_factory=dict)
     nhwc: dict[str, tuple[str, int]] = field(default_factory=dict)
     rename: dict[str, str] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     shapes: dict[str, np.ndarray] = field(default_factory=dict)  # outputs of reshapes to a constant shape
 
     def child(self) -> "_Scope":
-        return _Scope(*(dict(d) for d in (self.blocked, self.nhwc, self.rename, self.constants, self.shapes)))
+        return _Scope(*(dict(d) for d in (self.blocked, self.reordered, self.nhwc, self.rename, self.constants,
+                                          self.shapes)))
 
 
 class _Rewriter:
@@ -160,6 +164,7 @@ class _Rewriter:
                 image, channels = scope.nhwc[inputs[0]]
                 blocked[inputs[0]] = (node.output[0], channels)
                 return [_reorder_input(image, node.output[0])]
+            scope.reordered[inputs[0]] = node.output[0]
             return [node]
         if node.domain not in ("", "ai.onnx"):
             return [node]
@@ -177,11 +182,16 @@ class _Rewriter:
             return self.pooled(node, *blocked[inputs[0]])
         made = []
         if op == "Add" and len(inputs) == 2 and any(i in blocked for i in inputs):
-            for i in inputs:  # a transposed NHWC operand joins a blocked one as the reordered image
-                if i not in blocked and i in scope.nhwc:
+            known = next(blocked[i][1] for i in inputs if i in blocked)
+            for i in inputs:
+                if i in blocked:
+                    continue
+                if i in scope.nhwc:  # a transposed NHWC operand joins a blocked one as the reordered image
                     image, channels = scope.nhwc[i]
                     blocked[i] = (f"{i}@nchwc", channels)
                     made.append(_reorder_input(image, blocked[i][0]))
+                elif i in scope.reordered:  # a residual sum's operands have one shape: the reorder is its twin
+                    blocked[i] = (scope.reordered[i], known)
         twin = self.blocked_inputs(node, blocked)
         if twin is None:
             return [*made, node]
