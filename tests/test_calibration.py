@@ -373,3 +373,12 @@ def test_calibrating_the_onnxruntime_engine(tmp_path):
 def test_calibrate_cli_rejects_a_bad_budget(capsys):
     assert main(["latency", "calibrate", "--budget", "soon"]) == 2
     assert "duration" in capsys.readouterr().err
+
+
+def test_a_measurement_takes_its_parts_from_its_fastest_rounds():
+    """A block's time is its mean over the fastest rounds, not its own minimum wherever it fell: here
+    the block's fastest reading lies in a slow round. The parts add up to the fastest plain run."""
+    rounds = [[1.0, 2.0, 1.0], [3.0, 1.5, 3.0], [1.0, 2.2, 0.8], [3.0, 1.6, 3.1]]
+    parts = measure.typical_parts(rounds, model_ms=4.0)
+    assert parts == pytest.approx([1.0, 2.1, 0.9])
+    assert measure.typical_parts(rounds, model_ms=2.0) == pytest.approx([0.5, 1.05, 0.45])
