@@ -25,7 +25,7 @@ import itertools
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterator
 
 import numpy as np
@@ -128,8 +128,7 @@ class _Scope:
     shapes: dict[str, np.ndarray] = field(default_factory=dict)  # outputs of reshapes to a constant shape
 
     def child(self) -> "_Scope":
-        return _Scope(*(dict(d) for d in (self.blocked, self.reordered, self.nhwc, self.rename, self.constants,
-                                          self.shapes)))
+        return _Scope(**{f.name: dict(getattr(self, f.name)) for f in fields(self)})
 
 
 class _Rewriter:

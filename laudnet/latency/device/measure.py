@@ -26,6 +26,7 @@ reference workload timed after every visit tells how fast the machine was
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import math
 import os
@@ -410,8 +411,7 @@ def typical_parts(rounds: Sequence[Sequence[float]], model_ms: float) -> list[fl
     """
     if not rounds:
         raise ValueError("typical_parts: no rounds")
-    order = sorted(range(len(rounds)), key=lambda i: sum(rounds[i]))
-    kept = [rounds[i] for i in order[:max(1, math.ceil(FAST_SHARE * len(rounds)))]]
+    kept = heapq.nsmallest(max(1, math.ceil(FAST_SHARE * len(rounds))), rounds, key=sum)
     means = [sum(values) / len(kept) for values in zip(*kept)]
     scale = model_ms / sum(means)
     return [ms * scale for ms in means]
@@ -419,14 +419,14 @@ def typical_parts(rounds: Sequence[Sequence[float]], model_ms: float) -> list[fl
 
 def _summarise(t: _Timed, model_ms: list[float], rounds: list[list[float]], repeats: int, backend: str,
                nodes: tuple[NodeTime, ...]) -> EngineMeasurement:
-    parts = typical_parts(rounds, fastest(model_ms))  # stem, block 0, ..., block n-1, head
+    model = fastest(model_ms)
+    parts = typical_parts(rounds, model)  # stem, block 0, ..., block n-1, head
     blocks = tuple(
         BlockMeasurement(b.name, b.stage, parts[1 + i], work, density_of(b, work))
         for i, (b, work) in enumerate(zip(t.shape.blocks, t.works))
     )
-    log.debug("%s: %.3f ms", t.config.describe(), fastest(model_ms))
-    return EngineMeasurement(t.config, fastest(model_ms), parts[0], parts[-1], blocks, t.shape, repeats, backend,
-                             nodes)
+    log.debug("%s: %.3f ms", t.config.describe(), model)
+    return EngineMeasurement(t.config, model, parts[0], parts[-1], blocks, t.shape, repeats, backend, nodes)
 
 
 # A short fixed workload timed with every configuration (``measure_engines(reference=True)``): the
