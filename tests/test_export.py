@@ -340,6 +340,22 @@ def test_blocks_with_every_position_or_channel_on_run_the_static_convolutions(na
     assert executed_macs(graph, images) == pytest.approx(float(want.stats.dynamic_macs.sum()), rel=1e-9)
 
 
+def test_a_block_on_rows_convolves_its_projection_where_every_position_computes():
+    """A block on NHWC rows builds its projection shortcut in the branch that reads it: with every
+    position on, a convolution on the image its static convolutions read (fused into conv3's residual
+    sum), not a product on rows; where some positions compute, a product on rows. Logits stay the
+    masked model's."""
+    images = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(4))
+    for density, want_ops in ((1.0, {"Conv"}), (0.5, {"Gemm"})):
+        model = _model("laud_resnet50", "spatial", density=density, spatial_granularity="1-2-4-7")
+        ran = executed_nodes(export_model(model, images), images)
+        ops = {node["op_name"] for node in ran if node["name"].startswith(("layer1.0/", "layer2.0/"))
+               and "/projection/" in node["name"] and node["op_name"] in ("Conv", "FusedConv", "Gemm")}
+        assert ops == want_ops
+        with torch.no_grad():
+            assert _relative(convert(model, backend="onnxruntime")(images).numpy(), model(images)) <= 1e-4
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     before_bn = create_model("laud_resnet50", mode="channel", width_multiplier=0.25, channel_mask_placement="before_bn")
     with pytest.raises(UsageError, match="masks before BN"):

@@ -179,6 +179,47 @@ def _stem(g: Graph, engine: SparseModel, input_hw: tuple[int, int]) -> Feature:
         return Feature(x, hw, weight.shape[0])
 
 
+class Shortcut:
+    """A block's shortcut, built in the (sub)graph that first reads it and read from there below it.
+
+    A block on NCHW builds it before its branches (ONNX Runtime fuses a projection where it is made
+    and hands it on blocked); a block on rows builds it in the branch that reads it, so that its
+    dense branch convolves a projection on the image it reorders anyway, fused into conv3's residual
+    sum (on rows the projection is a product, then reordered for that sum: ResNet-50's four took
+    5.6 ms of a 75 ms profiled run with every position on).
+    """
+
+    def __init__(self, block: "BlockLowering | None", x: Feature | None, value: str | None = None) -> None:
+        self.block, self.x = block, x
+        self._built: dict[Graph, str] = {}
+        self._value = value
+
+    @classmethod
+    def of(cls, value: str) -> "Shortcut":
+        """A shortcut already made."""
+        return cls(None, None, value)
+
+    def built_above(self, g: Graph) -> bool:
+        """Whether the value exists in ``g`` or a graph enclosing it."""
+        return self._value is not None or self._lookup(g) is not None
+
+    def _lookup(self, g: Graph | None) -> str | None:
+        while g is not None:
+            if g in self._built:
+                return self._built[g]
+            g = g.parent
+        return None
+
+    def __call__(self) -> str:
+        if self._value is not None:
+            return self._value
+        g = self.block.g
+        value = self._lookup(g)
+        if value is None:
+            value = self._built[g] = self.block.project(self.x)
+        return value
+
+
 class BlockLowering:
     """One residual bottleneck in the graph: its masks, and the paths of :mod:`.bottleneck`."""
 
@@ -250,7 +291,9 @@ class BlockLowering:
     def lower(self, x: Feature) -> Feature:
         spec, g = self.spec, self.g
         out_hw = self.out_hw(x.hw)
-        shortcut = self.shortcut(x)  # outside the branches: ONNX Runtime fuses it where it is made
+        shortcut = Shortcut(self, x)
+        if not x.rows:
+            shortcut()  # outside the branches: ONNX Runtime fuses it where it is made
         if not spec.is_dynamic:
             return self.dense(x, None, shortcut)
         channels = self.channel_mask(x) if spec.has_channel else None
@@ -275,7 +318,7 @@ class BlockLowering:
         value = self.branch(self.is_count(count, g.ints(0)), lambda: self.skipped(x, shortcut).value, computed)
         return self.output(value, x)
 
-    def gated(self, x: Feature, shortcut: str, gate: str, channels: ChannelSelection | None) -> Feature:
+    def gated(self, x: Feature, shortcut: Shortcut, gate: str, channels: ChannelSelection | None) -> Feature:
         """One decision per sample: the whole batch runs, none does, or the samples whose gate is on."""
         g = self.g
         with g.scope("masker"):
@@ -296,12 +339,12 @@ class BlockLowering:
         )
         return self.output(value, x)
 
-    def some_samples(self, x: Feature, shortcut: str, samples: str) -> Feature:
+    def some_samples(self, x: Feature, shortcut: Shortcut, samples: str) -> Feature:
         """The samples' residual branch, gathered and run as a batch; the others keep their shortcut."""
         g = self.g
         with g.scope("batch"):
             ran = self.dense(Feature(g.Gather(x.value, samples, axis=0), x.hw, x.channels), None,
-                             g.Gather(shortcut, samples, axis=0))
+                             Shortcut.of(g.Gather(shortcut(), samples, axis=0)))
         skipped = self.skipped(x, shortcut).value
         return self.output(g.ScatterND(skipped, g.Unsqueeze(samples, g.ints(1)), ran.value), x)
 
@@ -365,7 +408,7 @@ class BlockLowering:
             return ChannelSelection(index, groups, conv_groups, g.Shape(index))
 
     # -- dense paths (NCHW) -------------------------------------------------------------------------
-    def with_channels(self, x: Feature, shortcut: str, channels: ChannelSelection | None, path,
+    def with_channels(self, x: Feature, shortcut: Shortcut, channels: ChannelSelection | None, path,
                       positions: str | None = None) -> Feature:
         """``path(channels)``, except that a block whose channels are all off adds conv3's bias only
         (at ``positions`` where only those compute)."""
@@ -381,12 +424,12 @@ class BlockLowering:
                             lambda: self.skipped(x, shortcut, with_bias=True, positions=positions).value, computed)
         return self.output(value, x)
 
-    def unless_all(self, count: str, total: str, x: Feature, shortcut: str, sparse) -> str:
+    def unless_all(self, count: str, total: str, x: Feature, shortcut: Shortcut, sparse) -> str:
         """The static block's convolutions where the masker keeps everything (``count == total``: the
         same work, without the gathers), else ``sparse()``."""
         return self.branch(self.is_count(count, total), lambda: self.dense(x, None, shortcut).value, sparse)
 
-    def shortcut(self, x: Feature) -> str:
+    def project(self, x: Feature) -> str:
         """The shortcut, in ``x``'s layout: the strided projection, or ``x`` itself."""
         g, stride = self.g, self.shape.stride
         if not self.shape.has_projection:
@@ -401,14 +444,14 @@ class BlockLowering:
             projected = self.gemm(flat(g, image, x.channels), self.w("wp"), self.w("bp"))
             return g.Reshape(projected, g.ints(-1, *out_hw, self.shape.out_channels))
 
-    def skipped(self, x: Feature, shortcut: str, with_bias: bool = False, positions: str | None = None) -> Feature:
+    def skipped(self, x: Feature, shortcut: Shortcut, with_bias: bool = False, positions: str | None = None) -> Feature:
         """The branch does not run: ``relu(shortcut)`` (with conv3's bias where only the channels are off,
         at the computed ``positions`` of rows where given)."""
         g = self.g
         if positions is not None:
             biases = g.Expand(self.w("b3"), g.Concat(g.Shape(positions), g.ints(self.shape.out_channels), axis=0))
             return self.output(self.add_at(shortcut, positions, biases, self.out_hw(x.hw)), x)
-        value = shortcut
+        value = shortcut()
         if with_bias:
             bias = _np(self.block.b3)
             value = g.Add(value, g.const(bias if x.rows else bias[:, None, None], hint="b3"))
@@ -416,7 +459,7 @@ class BlockLowering:
             value = g.Relu(value)  # an identity shortcut is a ReLU's output already
         return self.output(value, x)
 
-    def dense(self, x: Feature, channels: ChannelSelection | None, shortcut: str) -> Feature:
+    def dense(self, x: Feature, channels: ChannelSelection | None, shortcut: Shortcut) -> Feature:
         """Every position computes: NCHW convolutions (on rows too: :meth:`dense_rows`), or on the
         active channels products on rows (with gathered weights, since OpenVINO convolves with
         constant weights only and the active conv groups vary)."""
@@ -438,21 +481,20 @@ class BlockLowering:
                 h2 = g.Mul(h2, g.Unsqueeze(scale, g.ints(2, 3)))
         with g.scope("conv3"):
             branch = g.Conv(h2, self.conv_weight("w3"), self.w("b3"), kernel_shape=[1, 1])
-            out = g.Relu(g.Add(branch, shortcut))
+            out = g.Relu(g.Add(branch, shortcut()))
         return self.output(out, x)
 
-    def dense_rows(self, x: Feature, shortcut: str) -> Feature:
+    def dense_rows(self, x: Feature, shortcut: Shortcut) -> Feature:
         """Every position computes, on rows: the NCHW convolutions on the rows seen as an image, and
         back (ONNX Runtime reorders NHWC straight to its blocked layout and back: one pass each way,
-        cheaper than gathering conv2's windows)."""
+        cheaper than gathering conv2's windows). A projection not made above convolves that image."""
         image = as_nchw(self.g, x)
-        identity = shortcut == x.value
-        out_hw = self.out_hw(x.hw)
-        residual = image.value if identity else as_nchw(self.g, Feature(shortcut, out_hw, self.shape.out_channels,
-                                                                        rows=True)).value
-        return as_rows(self.g, self.dense(image, None, residual))
+        if shortcut.built_above(self.g):
+            residual = as_nchw(self.g, Feature(shortcut(), self.out_hw(x.hw), self.shape.out_channels, rows=True))
+            return as_rows(self.g, self.dense(image, None, Shortcut.of(residual.value)))
+        return as_rows(self.g, self.dense(image, None, Shortcut(self, image)))
 
-    def sliced(self, x: Feature, channels: ChannelSelection, shortcut: str) -> Feature:
+    def sliced(self, x: Feature, channels: ChannelSelection, shortcut: Shortcut) -> Feature:
         """Every position computes on the active channels: NCHW convolutions with the active channels'
         weights gathered as whole rows, as the torch program gathers them (conv1's output rows; conv2's
         (output, input group) pairs in one gather; conv3's input rows of its ``(in, out)`` weight, then
@@ -479,7 +521,7 @@ class BlockLowering:
                 h2 = g.Mul(h2, g.Unsqueeze(scale, g.ints(2, 3)))
         with g.scope("conv3"):
             w3 = g.Unsqueeze(g.Transpose(g.Gather(self.w("w3"), index, axis=0), perm=[1, 0]), g.ints(2, 3))
-            out = g.Relu(g.Add(g.Conv(h2, w3, self.w("b3"), kernel_shape=[1, 1]), shortcut))
+            out = g.Relu(g.Add(g.Conv(h2, w3, self.w("b3"), kernel_shape=[1, 1]), shortcut()))
         return self.output(out, x)
 
     def se_scale(self, pooled: str, channels: ChannelSelection | None) -> str:
@@ -499,7 +541,7 @@ class BlockLowering:
         weight = g.Gather(self.w("w1"), channels.index, axis=0)
         return self.gemm(rows, weight, g.Gather(self.w("b1"), channels.index, axis=0), relu=True, trans_b=True)
 
-    def spatial(self, x: Feature, shortcut: str, conv1_mask: str | None, positions: str | None,
+    def spatial(self, x: Feature, shortcut: Shortcut, conv1_mask: str | None, positions: str | None,
                 channels: ChannelSelection | None) -> Feature:
         """conv1 where conv2 reads, conv2 and conv3 at ``positions`` (every position where ``None``), on rows."""
         g, s = self.g, self.shape
@@ -534,14 +576,14 @@ class BlockLowering:
             out = self.add_at(shortcut, positions, g.Gemm(h2, weight, self.w("b3")), out_hw)
         return Feature(out, out_hw, s.out_channels, rows=True)
 
-    def add_at(self, shortcut: str, positions: str, values: str, out_hw: tuple[int, int]) -> str:
+    def add_at(self, shortcut: Shortcut, positions: str, values: str, out_hw: tuple[int, int]) -> str:
         """``relu(shortcut + values)`` at ``positions`` (rows), ``relu(shortcut)`` elsewhere: the branch
         added into a copy of the shortcut, then one ReLU over the map, as the torch program adds it in
         place. Measured (ONNX Runtime, 2 threads), against gathering the shortcut's rows into the
         product's sum and scattering its ReLU into the shortcut's: 15% faster for an identity
         shortcut, 28% for a projection (whose ReLU outside the positions was a pass of its own)."""
         g, c = self.g, self.shape.out_channels
-        added = g.ScatterND(flat(g, shortcut, c), g.Unsqueeze(positions, g.ints(1)), values, reduction="add")
+        added = g.ScatterND(flat(g, shortcut(), c), g.Unsqueeze(positions, g.ints(1)), values, reduction="add")
         return g.Relu(g.Reshape(added, g.ints(-1, *out_hw, c)))
 
     def slots(self, x: Feature, conv1_mask: str | None, padded_one: np.ndarray, per_image: int, count: str) -> str:
