@@ -487,9 +487,10 @@ class BlockLowering:
     def dense_rows(self, x: Feature, shortcut: Shortcut) -> Feature:
         """Every position computes, on rows: the NCHW convolutions on the rows seen as an image, and
         back (ONNX Runtime reorders NHWC straight to its blocked layout and back: one pass each way,
-        cheaper than gathering conv2's windows). A projection not made above convolves that image."""
+        cheaper than gathering conv2's windows). An identity shortcut is that image; a projection not made
+        above convolves it."""
         image = as_nchw(self.g, x)
-        if shortcut.built_above(self.g):
+        if self.shape.has_projection and shortcut.built_above(self.g):
             residual = as_nchw(self.g, Feature(shortcut(), self.out_hw(x.hw), self.shape.out_channels, rows=True))
             return as_rows(self.g, self.dense(image, None, Shortcut.of(residual.value)))
         return as_rows(self.g, self.dense(image, None, Shortcut(self, image)))
