@@ -356,6 +356,20 @@ def test_a_block_on_rows_convolves_its_projection_where_every_position_computes(
             assert _relative(convert(model, backend="onnxruntime")(images).numpy(), model(images)) <= 1e-4
 
 
+@pytest.mark.parametrize("mode, granularity", [("spatial", "4-4-2-1"), ("layer", "1")])
+def test_a_block_whose_cells_are_all_on_builds_no_pixel_masks(mode, granularity):
+    """Where every cell (or sample gate) is on, a block goes from its masker's decisions straight to
+    its static convolutions: no pixel masks, position lists or sample lists are built (no ``NonZero``,
+    no dilation ``MaxPool``); where some are off they are, and both give the masked model's logits."""
+    images = torch.randn(4, 3, *SIZE, generator=torch.Generator().manual_seed(0))  # the gates' density images
+    for density, built in ((1.0, False), (0.5, True)):
+        model = _model("laud_resnet50", mode, density=density, spatial_granularity=granularity)
+        ran = executed_nodes(export_model(model, images), images)
+        masks = [n["name"] for n in ran if n["name"].startswith("layer") and n["op_name"] in ("NonZero", "MaxPool")]
+        assert bool(masks) == built, masks
+        with torch.no_grad():
+            assert _relative(convert(model, backend="onnxruntime")(images).numpy(), model(images)) <= 1e-4
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     before_bn = create_model("laud_resnet50", mode="channel", width_multiplier=0.25, channel_mask_placement="before_bn")
     with pytest.raises(UsageError, match="masks before BN"):

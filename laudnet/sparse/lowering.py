@@ -283,13 +283,27 @@ class BlockLowering:
         return self.g.if_(condition, lambda sub: [self.within(sub, then_build)],
                           lambda sub: [self.within(sub, else_build)])
 
+    def all_of(self, mask: str) -> str:
+        """Whether every element of ``mask`` (bool, or float 0/1) is on, as an ``If`` condition."""
+        return self._reduced(mask, "ReduceMin")
+
+    def any_of(self, mask: str) -> str:
+        """Whether some element of ``mask`` (bool, or float 0/1) is on, as an ``If`` condition."""
+        return self._reduced(mask, "ReduceMax")
+
+    def _reduced(self, mask: str, reduce: str) -> str:
+        g = self.g
+        with g.scope("masker"):
+            values = g.Cast(mask, to=onnx.TensorProto.FLOAT)  # (ONNX reductions take no bool)
+            return g.Cast(g.node(reduce, [values], keepdims=0), to=onnx.TensorProto.BOOL)
+
     def is_count(self, count: str, value: str) -> str:
         """``count == value`` for two ``(1,)`` tensors, as an ``If`` condition."""
         return self.g.Squeeze(self.g.Equal(count, value), self.g.ints(0))
 
     # -- the block ----------------------------------------------------------------------------------
     def lower(self, x: Feature) -> Feature:
-        spec, g = self.spec, self.g
+        spec = self.spec
         out_hw = self.out_hw(x.hw)
         shortcut = Shortcut(self, x)
         if not x.rows:
@@ -302,40 +316,44 @@ class BlockLowering:
         grid = (1, 1) if spec.mode == "layer" else _grid(out_hw, spec.spatial_granularity)
         if grid == (1, 1):  # one decision per sample
             return self.gated(x, shortcut, self.gate(x), channels)
-        conv1, conv3 = self.pixel_masks(x, grid, out_hw)
-        with g.scope("masker"):
-            positions = g.Reshape(g.NonZero(conv3), g.ints(-1))
-        count = g.Shape(positions)
+        cells = self.cells(x, grid)
 
-        def computed() -> str:
+        def some() -> str:  # some cells on: pixel masks and positions are built where they are used
+            conv1, conv3 = self.pixel_masks(x, cells, out_hw)
+            with self.g.scope("masker"):
+                positions = self.g.Reshape(self.g.NonZero(conv3), self.g.ints(-1))
             if channels is not None:
                 return self.with_channels(x, shortcut, channels,
                                           lambda ch: self.spatial(x, shortcut, conv1, positions, ch), positions).value
-            every = self.g.Mul(self.batch_size(x), self.g.ints(out_hw[0] * out_hw[1]))
-            return self.unless_all(count, every, x, shortcut,
-                                   lambda: self.spatial(x, shortcut, conv1, positions, None).value)
+            return self.spatial(x, shortcut, conv1, positions, None).value
 
-        value = self.branch(self.is_count(count, g.ints(0)), lambda: self.skipped(x, shortcut).value, computed)
+        def unless_none() -> str:
+            return self.branch(self.any_of(cells), some, lambda: self.skipped(x, shortcut).value)
+
+        if channels is not None:
+            return self.output(unless_none(), x)
+        value = self.branch(self.all_of(cells), lambda: self.dense(x, None, shortcut).value, unless_none)
         return self.output(value, x)
 
     def gated(self, x: Feature, shortcut: Shortcut, gate: str, channels: ChannelSelection | None) -> Feature:
         """One decision per sample: the whole batch runs, none does, or the samples whose gate is on."""
         g = self.g
-        with g.scope("masker"):
-            samples = g.Reshape(g.NonZero(g.Reshape(gate, g.ints(-1))), g.ints(-1))
-            count = g.Shape(samples)
         if self.batch == 1:
-            value = self.branch(self.is_count(count, g.ints(1)),
+            value = self.branch(g.Squeeze(gate),
                                 lambda: self.with_channels(x, shortcut, channels,
                                                            lambda ch: self.dense(x, ch, shortcut)).value,
                                 lambda: self.skipped(x, shortcut).value)
             return self.output(value, x)
+
+        def some() -> str:
+            with self.g.scope("masker"):
+                samples = self.g.Reshape(self.g.NonZero(self.g.Reshape(gate, self.g.ints(-1))), self.g.ints(-1))
+            return self.some_samples(x, shortcut, samples).value
+
         value = self.branch(
-            self.is_count(count, self.batch_size(x)),
+            self.all_of(gate),
             lambda: self.dense(x, None, shortcut).value,
-            lambda: self.branch(self.is_count(count, g.ints(0)),
-                                lambda: self.skipped(x, shortcut).value,
-                                lambda: self.some_samples(x, shortcut, samples).value),
+            lambda: self.branch(self.any_of(gate), some, lambda: self.skipped(x, shortcut).value),
         )
         return self.output(value, x)
 
@@ -365,10 +383,9 @@ class BlockLowering:
         off = g.Slice(logits, g.ints(decisions), g.ints(2 * decisions), g.ints(axis))
         return g.GreaterOrEqual(on, off)
 
-    def pixel_masks(self, x: Feature, grid: tuple[int, int], out_hw: tuple[int, int]) -> tuple[str, str]:
-        """The spatial masker's cells (on rows ``x``) as pixel masks: conv1's (input) and conv3's (output), flat bool."""
+    def cells(self, x: Feature, grid: tuple[int, int]) -> str:
+        """The spatial masker's decisions on rows ``x``: ``(B, gh, gw)``, float 1 where a cell computes."""
         g, conv = self.g, self.block.source.masker_spatial.conv
-        s, stride = self.spec.spatial_granularity, self.shape.stride
         with g.scope("masker"):
             pooled = x.value if grid == x.hw else _adaptive_mean(g, x, grid)
             cells_of = g.Reshape(pooled, g.ints(-1, grid[0] * grid[1], x.channels))
@@ -376,7 +393,13 @@ class BlockLowering:
             logits = g.Add(g.MatMul(cells_of, g.const(_np(conv.weight.flatten(1).t()), hint="masker")),
                            g.const(_np(conv.bias)))
             cells = g.Reshape(self.decide(logits, 1, axis=2), g.ints(-1, *grid))
-            cells = g.Cast(cells, to=onnx.TensorProto.FLOAT)
+            return g.Cast(cells, to=onnx.TensorProto.FLOAT)
+
+    def pixel_masks(self, x: Feature, cells: str, out_hw: tuple[int, int]) -> tuple[str, str]:
+        """The masker's ``cells`` (:meth:`cells`) as pixel masks: conv1's (input) and conv3's (output), flat bool."""
+        g = self.g
+        s, stride = self.spec.spatial_granularity, self.shape.stride
+        with g.scope("masker"):
             pixels = g.Gather(g.Gather(cells, g.ints(*[y // s for y in range(out_hw[0])]), axis=1),
                               g.ints(*[c // s for c in range(out_hw[1])]), axis=2)
             placed = pixels
