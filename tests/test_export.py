@@ -370,6 +370,20 @@ def test_a_block_whose_cells_are_all_on_builds_no_pixel_masks(mode, granularity)
         with torch.no_grad():
             assert _relative(convert(model, backend="onnxruntime")(images).numpy(), model(images)) <= 1e-4
 
+def test_a_grouped_block_on_rows_gathers_conv2_windows_from_group_major_rows():
+    """A block with conv groups on rows lays conv1's rows out group-major before gathering conv2's
+    windows, so its transposes move conv1's rows and conv2's outputs, never the windows (nine rows
+    each); logits stay the masked model's."""
+    model = _model("laud_regnet_y_400mf", "spatial", spatial_granularity="4-1-2-1")
+    images = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(6))
+    ran = executed_nodes(export_model(model, images), images)
+    moved = [export_module.profiled_shapes(n, "input_type_shape")[0] for n in ran
+             if n["op_name"] == "Transpose" and "/conv2/" in n["name"]]
+    assert moved and all(len(shape) == 3 for shape in moved), moved
+    with torch.no_grad():
+        assert _relative(convert(model, backend="onnxruntime")(images).numpy(), model(images)) <= 1e-4
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     before_bn = create_model("laud_resnet50", mode="channel", width_multiplier=0.25, channel_mask_placement="before_bn")
     with pytest.raises(UsageError, match="masks before BN"):

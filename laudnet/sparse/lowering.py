@@ -576,12 +576,6 @@ class BlockLowering:
         with g.scope("conv1"):
             needed = None if conv1_mask is None else g.Reshape(g.NonZero(conv1_mask), g.ints(-1))
             h1 = self.conv1_rows(rows if needed is None else g.Gather(rows, needed, axis=0), channels)
-            if channels is None:
-                width, zero = g.ints(s.width), g.const(np.zeros((1, s.width), dtype=np.float32), hint="zero_row")
-            else:
-                width = g.Slice(g.Shape(h1), g.ints(1), g.ints(2))
-                zero = _filled(g, g.Concat(g.ints(1), width, axis=0), 0.0)
-            h1z = g.Concat(h1, zero, axis=0)  # the zero row: what the windows read in the padding
         with g.scope("conv2"):
             if positions is None:
                 every = g.Squeeze(g.Mul(self.batch_size(x), g.ints(per_out)), g.ints(0))
@@ -590,8 +584,7 @@ class BlockLowering:
             windows = g.Add(g.Unsqueeze(g.Mul(sample, g.scalar(per_image)), g.ints(1)),
                             g.Gather(g.const(windows_one, hint="windows"), g.Mod(positions, g.scalar(per_out)), axis=0))
             slots = self.slots(x, conv1_mask, padded_one, per_image, g.Gather(g.Shape(h1), g.ints(0)))
-            cols = g.Gather(h1z, g.Gather(slots, windows, axis=0), axis=0)  # (n3, 9, C): im2col of the windows
-            h2 = self.conv2_windows(cols, width, channels)
+            h2 = self.conv2_windows(h1, g.Gather(slots, windows, axis=0), channels)
         if s.se_channels:
             with g.scope("se"):
                 h2 = g.Mul(h2, self.se_scale_at(h2, sample, self.batch_size(x), channels))
@@ -629,26 +622,36 @@ class BlockLowering:
         before = g.Sub(g.CumSum(computed, g.scalar(0)), g.scalar(1))
         return g.Where(g.Cast(computed, to=onnx.TensorProto.BOOL), before, count)
 
-    def conv2_windows(self, cols: str, width: str, channels: ChannelSelection | None) -> str:
-        """conv2 on gathered windows ``(N, 9, C)``: one product (a batched one per active conv group)."""
+    def conv2_windows(self, h1: str, windows: str, channels: ChannelSelection | None) -> str:
+        """conv2 on the ``(N, 9)`` windows of conv1's rows ``h1`` (row ``len(h1)``: a zero row, what a
+        window reads in the padding): the windows gathered (im2col), then one product; with conv
+        groups, a batched product per active group on conv1's rows laid out group-major first (the
+        windows then gather whole groups' rows: no transpose of the 9x larger windows, 0-31% faster
+        for RegNetY-800MF's stage shapes in isolation)."""
         g, s = self.g, self.shape
         taps = g.const(_np(tap_layout(self.block.w2.contiguous(), s.groups)), hint="w2_taps")
         bias = self.w("b2") if channels is None else g.Gather(self.w("b2"), channels.index, axis=0)
+        width = g.ints(s.width) if channels is None else channels.count
         if s.groups == 1:
             if channels is None:
                 taps = g.Reshape(taps, g.ints(-1, s.width))
             else:
                 taps = g.Gather(g.Gather(taps, channels.index, axis=1), channels.index, axis=2)
                 taps = g.Reshape(taps, g.Concat(g.ints(-1), channels.count, axis=0))
-            flat = g.Reshape(cols, g.Concat(g.ints(-1), g.Mul(width, g.ints(9)), axis=0))
-            return self.gemm(flat, taps, bias, relu=True)
+            zero = _zeros(g, (1, s.width), None if channels is None else g.Concat(g.ints(1), width, axis=0))
+            cols = g.Gather(g.Concat(h1, zero, axis=0), windows, axis=0)
+            return self.gemm(g.Reshape(cols, g.Concat(g.ints(-1), g.Mul(width, g.ints(9)), axis=0)), taps, bias,
+                             relu=True)
         gw = s.group_width
         if channels is not None:
             taps = g.Gather(taps, channels.conv_groups, axis=0)
         groups = g.Gather(g.Shape(taps), g.ints(0))
-        n = g.Gather(g.Shape(cols), g.ints(0))  # explicit sizes: a -1 cannot be inferred when no window is computed
-        grouped = g.Transpose(g.Reshape(cols, g.Concat(n, g.ints(9), groups, g.ints(gw), axis=0)), perm=[2, 0, 1, 3])
-        grouped = g.Reshape(grouped, g.Concat(groups, n, g.ints(9 * gw), axis=0))
+        rows = g.Gather(g.Shape(h1), g.ints(0))  # explicit sizes, as a -1 cannot be inferred from no rows
+        by_group = g.Transpose(g.Reshape(h1, g.Concat(rows, groups, g.ints(gw), axis=0)), perm=[1, 0, 2])
+        zero = _zeros(g, (s.groups, 1, gw), None if channels is None else g.Concat(groups, g.ints(1, gw), axis=0))
+        cols = g.Gather(g.Concat(by_group, zero, axis=1), windows, axis=1)  # (groups, N, 9, gw)
+        n = g.Gather(g.Shape(windows), g.ints(0))
+        grouped = g.Reshape(cols, g.Concat(groups, n, g.ints(9 * gw), axis=0))
         out = g.Relu(g.Add(g.MatMul(grouped, taps), g.Reshape(bias, g.Concat(groups, g.ints(1, gw), axis=0))))
         return g.Reshape(g.Transpose(out, perm=[1, 0, 2]), g.Concat(g.ints(-1), width, axis=0))
 
@@ -683,6 +686,13 @@ def _tables(in_hw: tuple[int, int], stride: int) -> tuple[np.ndarray, np.ndarray
 def _filled(g: Graph, shape: str, value: float) -> str:
     """A float tensor of the (run-time) ``shape`` filled with ``value``."""
     return g.ConstantOfShape(shape, value=onnx.helper.make_tensor("value", onnx.TensorProto.FLOAT, [1], [value]))
+
+
+def _zeros(g: Graph, shape: tuple[int, ...], runtime_shape: str | None) -> str:
+    """Zeros of ``shape``, a constant; or of ``runtime_shape`` where the graph computes it."""
+    if runtime_shape is None:
+        return g.const(np.zeros(shape, dtype=np.float32), hint="zeros")
+    return _filled(g, runtime_shape, 0.0)
 
 
 def _adaptive_mean(g: Graph, feature: Feature, grid: tuple[int, int]) -> str:

@@ -184,7 +184,8 @@ def _onnxruntime_ops(ops: tuple[EngineOp, ...], gathering: bool, rows: bool) -> 
 
 def _windows(conv: EngineOp) -> list[EngineOp]:
     """A convolution over every position as a gathering block's graph runs it: its windows gathered
-    from the rows, (grouped: regrouped,) then a product on them."""
+    from the rows (grouped: from the rows laid out group-major first, a pass over about as many rows
+    as there are windows), then a product on them."""
     b, cin, cout, h, w, kernel, stride, groups = conv.dims
     oh, ow = conv_output_hw((h, w), kernel, stride, kernel // 2)
     rows, taps = b * oh * ow, kernel * kernel
@@ -192,7 +193,7 @@ def _windows(conv: EngineOp) -> list[EngineOp]:
     if groups == 1:
         return ops + [EngineOp("matmul", conv.role, (rows, taps * cin, cout), conv.count)]
     product = EngineOp("grouped_matmul", conv.role, (groups, rows, taps * cin // groups, cout // groups), conv.count)
-    return ops + [EngineOp("elementwise", conv.role, (rows * taps * cin,), conv.count), product,
+    return ops + [EngineOp("elementwise", conv.role, (rows * cin,), conv.count), product,
                   EngineOp("elementwise", conv.role, (rows * cout,), 2 * conv.count)]
 
 
