@@ -652,8 +652,8 @@ class BlockLowering:
         cols = g.Gather(g.Concat(by_group, zero, axis=1), windows, axis=1)  # (groups, N, 9, gw)
         n = g.Gather(g.Shape(windows), g.ints(0))
         grouped = g.Reshape(cols, g.Concat(groups, n, g.ints(9 * gw), axis=0))
-        out = g.Relu(g.Add(g.MatMul(grouped, taps), g.Reshape(bias, g.Concat(groups, g.ints(1, gw), axis=0))))
-        return g.Reshape(g.Transpose(out, perm=[1, 0, 2]), g.Concat(g.ints(-1), width, axis=0))
+        out = g.Reshape(g.Transpose(g.MatMul(grouped, taps), perm=[1, 0, 2]), g.Concat(g.ints(-1), width, axis=0))
+        return g.Relu(g.Add(out, bias))  # the bias along rows: ONNX Runtime's fast broadcast
 
     def se_scale_at(self, h2: str, sample: str, batch: str, channels: ChannelSelection | None) -> str:
         """The squeeze-excitation's scale per row, each sample pooling its computed rows only."""
