@@ -576,8 +576,9 @@ class BlockLowering:
         with g.scope("conv1"):
             needed = None if conv1_mask is None else g.Reshape(g.NonZero(conv1_mask), g.ints(-1))
             h1 = self.conv1_rows(rows if needed is None else g.Gather(rows, needed, axis=0), channels)
+        everywhere = positions is None
         with g.scope("conv2"):
-            if positions is None:
+            if everywhere:
                 every = g.Squeeze(g.Mul(self.batch_size(x), g.ints(per_out)), g.ints(0))
                 positions = g.Range(g.scalar(0), every, g.scalar(1))
             sample = g.Div(positions, g.scalar(per_out))
@@ -590,7 +591,11 @@ class BlockLowering:
                 h2 = g.Mul(h2, self.se_scale_at(h2, sample, self.batch_size(x), channels))
         with g.scope("conv3"):
             weight = self.w("w3") if channels is None else g.Gather(self.w("w3"), channels.index, axis=0)
-            out = self.add_at(shortcut, positions, g.Gemm(h2, weight, self.w("b3")), out_hw)
+            branch = g.Gemm(h2, weight, self.w("b3"))
+            if everywhere:  # every row computed: a residual sum, not a scatter into a copy of the shortcut
+                out = g.Relu(g.Add(g.Reshape(branch, g.ints(-1, *out_hw, s.out_channels)), shortcut()))
+            else:
+                out = self.add_at(shortcut, positions, branch, out_hw)
         return Feature(out, out_hw, s.out_channels, rows=True)
 
     def add_at(self, shortcut: Shortcut, positions: str, values: str, out_hw: tuple[int, int]) -> str:
