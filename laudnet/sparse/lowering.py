@@ -10,8 +10,8 @@ and channels are found with ``NonZero``, and
 * **spatial**: conv1 runs on the rows conv2 reads (``Gather`` + ``Gemm``), conv2 on the selected
   3×3 windows of those rows (an im2col ``Gather`` + ``Gemm``, a batched ``MatMul`` for RegNetY's
   grouped conv), conv3 on the active rows, whose results are added into the shortcut's rows
-  (``ScatterND`` with ``add``) before one ReLU over the map; a block whose positions are all off
-  runs only its shortcut;
+  (``ScatterND`` with ``add``; a residual sum where every position computes) before one ReLU over
+  the map; a block whose positions are all off runs only its shortcut;
 * **channel**: the active channels' rows of every weight are gathered (weights are stored so a
   selection is contiguous rows) and the products run on them; in the graph for ONNX Runtime alone
   (``portable=False``, the engine's), blocks without conv groups convolve NCHW with the gathered
@@ -20,7 +20,8 @@ and channels are found with ``NonZero``, and
 
 A block whose masker keeps every position (spatial) or every channel (channel) runs the static
 block's convolutions instead (constant weights; a block on rows convolves them seen as an image):
-the same work, without the gathers.
+the same work, without the gathers. Whether a spatial masker keeps all or none is read off its cells,
+so the pixel masks and position lists are built only in the branch that uses them.
 
 Static and whole-block-gated blocks take NCHW activations and run plain ``Conv`` s, so that ONNX
 Runtime runs them in its blocked layout with the bias, ReLU and residual sum fused (as it runs the
