@@ -370,6 +370,7 @@ def test_a_block_whose_cells_are_all_on_builds_no_pixel_masks(mode, granularity)
         with torch.no_grad():
             assert _relative(convert(model, backend="onnxruntime")(images).numpy(), model(images)) <= 1e-4
 
+
 def test_a_grouped_block_on_rows_gathers_conv2_windows_from_group_major_rows():
     """A block with conv groups on rows lays conv1's rows out group-major before gathering conv2's
     windows, so its transposes move conv1's rows and conv2's outputs, never the windows (nine rows
